@@ -1,0 +1,1 @@
+//! Rust client for the native gRPC API. Empty until issue 3.

@@ -1,0 +1,1 @@
+//! Kafka wire-protocol façade over the replicated log. Empty until issue 4.

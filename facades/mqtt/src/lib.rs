@@ -1,0 +1,1 @@
+//! MQTT façade over the replicated log. Empty until an MQTT issue is taken.

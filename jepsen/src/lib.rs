@@ -1,0 +1,1 @@
+//! Jepsen-style consistency testing of real clusters. Empty until issue 5.

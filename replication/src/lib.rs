@@ -1,0 +1,1 @@
+//! Multi-raft replication of partitions (raft-rs + raft-engine). Empty until issue 3.
