@@ -250,7 +250,8 @@ impl Log {
     /// Removes every batch holding an offset ≥ `offset` (a whole batch goes if `offset` falls
     /// inside it) and returns the new next offset. Used when a Raft follower's log diverged.
     ///
-    /// If `offset` is at or below the log start, the log is emptied and restarts at `offset`.
+    /// If `offset` is at or below the log start, the log is emptied and restarts at `offset`; if
+    /// the batch to remove also holds the log start, the log is emptied and restarts there.
     pub fn truncate_suffix(&mut self, offset: Offset) -> Result<Offset> {
         self.check_not_poisoned()?;
         let next_offset = self.shared.next_offset.load(Ordering::Relaxed);
@@ -303,6 +304,11 @@ impl Log {
             Some((position, header)) => (position, (header.base_offset as u64).min(offset)),
             None => (limit, offset),
         };
+        let log_start = self.shared.log_start_offset.load(Ordering::Relaxed);
+        if new_next <= log_start {
+            // The batch holding `offset` also holds the log start: nothing readable survives.
+            return self.restart_at(log_start);
+        }
         self.shared.next_offset.store(new_next, Ordering::Release);
         self.shared.flushed_offset.fetch_min(new_next, Ordering::AcqRel);
         let removed = sync::write(&self.shared.segments).split_off(index + 1);
@@ -329,6 +335,9 @@ impl Log {
         }
         cursor.first_timestamp = segment.header_at(0, cut_position)?.map(|h| h.max_timestamp);
         segment.republish(cut_position, new_next, cursor.max_timestamp());
+        // The checkpoint below may move the recovery point here: the time index on disk must
+        // then name the segment's largest timestamp, as after a flush.
+        segment.seal_time_index(&cursor);
         segment.persist_indexes()?;
         self.unflushed.retain(|sealed| sealed.base_offset < segment.base_offset);
         self.active = segment.clone();
@@ -336,7 +345,8 @@ impl Log {
         self.cursor = cursor;
         sync_dir(&self.dir)?;
         let recovery_beyond_cut = self.checkpoint.recovery_segment > segment.base_offset
-            || (self.checkpoint.recovery_segment == segment.base_offset && self.checkpoint.recovery_position > cut_position);
+            || (self.checkpoint.recovery_segment == segment.base_offset && self.checkpoint.recovery_position > cut_position)
+            || self.checkpoint.recovery_next_offset > new_next;
         if recovery_beyond_cut {
             let checkpoint = Checkpoint {
                 recovery_segment: segment.base_offset,
@@ -446,7 +456,7 @@ impl Recovery<'_> {
                     return Err(segment.corrupt(file_len, format!("file ends before the recovery point {recovery_position}")));
                 }
                 cursor = self.recover_trusted_prefix(&segment, recovery_position, expected_next)?;
-                let start_next = if self.checkpoint.is_some() && recovery_position > 0 { recovery_next } else { base.max(expected_next) };
+                let start_next = recovery_next.max(expected_next).max(base);
                 let end = segment.scan(recovery_position, file_len, start_next, &mut cursor, interval)?;
                 expected_next = self.finish_tail(&segment, &end, file_len, &cursor)?;
                 if end.defect.is_some() {
