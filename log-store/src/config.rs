@@ -19,7 +19,8 @@ pub struct LogConfig {
     /// Roll to a new segment before one would grow past this size (Kafka `segment.bytes`).
     /// At most 2 GiB, because index entries store 32-bit positions.
     pub segment_bytes_max: u64,
-    /// Roll to a new segment once its first batch is this old (Kafka `segment.ms`).
+    /// Roll to a new segment once an incoming batch's timestamp is this much later than the
+    /// segment's first batch (Kafka `segment.ms`).
     pub segment_ms: i64,
     /// Bytes of log between two sparse offset-index entries (Kafka `index.interval.bytes`).
     pub index_interval_bytes: u64,

@@ -131,7 +131,7 @@ impl Log {
         };
         let header = batch::validate(batch, rules)?;
         let record_count = header.last_offset_delta as u64 + 1;
-        self.maybe_roll(batch.len() as u64, record_count)?;
+        self.maybe_roll(batch.len() as u64, record_count, header.max_timestamp)?;
         let base_offset = self.shared.next_offset.load(Ordering::Relaxed);
         batch::set_base_offset(batch, Offset(base_offset));
         let stamped = BatchHeader { base_offset: base_offset as i64, ..header };
@@ -160,15 +160,16 @@ impl Log {
         }
     }
 
-    fn maybe_roll(&mut self, batch_len: u64, record_count: u64) -> Result<()> {
+    /// Rolls when the batch would overflow the segment, when its timestamps are `segment_ms`
+    /// past the segment's first batch (Kafka's rule: record time, not wall-clock time, so a
+    /// backlog of old records does not roll on every append), or when relative offsets would
+    /// overflow the 32-bit index entries.
+    fn maybe_roll(&mut self, batch_len: u64, record_count: u64, max_timestamp: i64) -> Result<()> {
         if self.position == 0 {
             return Ok(());
         }
         let full = self.position + batch_len > self.config.segment_bytes_max();
-        let old = self
-            .cursor
-            .first_timestamp
-            .is_some_and(|first| self.config.clock.now_ms().saturating_sub(first) >= self.config.segment_ms);
+        let old = self.cursor.first_timestamp.is_some_and(|first| max_timestamp.saturating_sub(first) >= self.config.segment_ms);
         let next_offset = self.shared.next_offset.load(Ordering::Relaxed);
         let offsets_exhausted = next_offset + record_count - self.active.base_offset > u32::MAX as u64;
         if full || old || offsets_exhausted {

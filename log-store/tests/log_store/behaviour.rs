@@ -1,1 +1,203 @@
-//! placeholder being written
+//! The log's contract at its edges: what append accepts and refuses, what read returns,
+//! timestamps, retention, compaction and locking.
+
+use std::sync::Arc;
+
+use log_store::batch::{self, Compression};
+use log_store::{CleanupPolicy, Error, Log, LogConfig, ManualClock, Offset};
+
+use crate::common::{batch, payload_batch, read_all, record};
+
+#[test]
+fn stored_bytes_equal_the_producers_bytes_except_the_base_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    log.append(&mut payload_batch(0, 3, Compression::None)).unwrap();
+    let original = payload_batch(3, 4, Compression::Snappy);
+    let mut sent = original.clone();
+    batch::set_partition_leader_epoch(&mut sent, 9);
+    let appended = log.append(&mut sent).unwrap();
+    assert_eq!((appended.base_offset, appended.last_offset), (Offset(3), Offset(6)));
+    let stored = log.reader().read(Offset(3), 1 << 20).unwrap();
+    assert_eq!(&stored[8..], &sent[8..], "everything after the base offset is stored verbatim");
+    assert_eq!(&stored[..8], &3i64.to_be_bytes());
+    assert_eq!(batch::batches(stored).next().unwrap().unwrap().header().partition_leader_epoch, 9);
+}
+
+#[test]
+fn bad_batches_are_refused_and_leave_the_log_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { batch_bytes_max: 4096, ..LogConfig::default() };
+    let mut log = Log::open(dir.path(), config).unwrap();
+    let good = payload_batch(0, 2, Compression::None);
+    let mut flipped = good.clone();
+    flipped[40] ^= 1;
+    assert!(matches!(log.append(&mut flipped), Err(Error::CrcMismatch { .. })));
+    assert!(matches!(log.append(&mut good[..50].to_vec()), Err(Error::MalformedBatch(_))));
+    let mut v1 = good.clone();
+    v1[16] = 1;
+    assert!(matches!(log.append(&mut v1), Err(Error::UnsupportedMagic(1))));
+    assert!(matches!(log.append(&mut payload_batch(0, 20, Compression::None)), Err(Error::BatchTooLarge { .. })));
+    let mut two = good.clone();
+    two.extend_from_slice(&good);
+    assert!(matches!(log.append(&mut two), Err(Error::MalformedBatch(_))));
+    assert!(log.append(&mut Vec::new()).is_err());
+    assert_eq!(log.next_offset(), Offset(0));
+    assert_eq!(log.append(&mut good.clone()).unwrap().base_offset, Offset(0));
+}
+
+#[test]
+fn reads_return_whole_batches_and_at_least_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    for _ in 0..10 {
+        let next = log.next_offset().0;
+        log.append(&mut payload_batch(next, 5, Compression::None)).unwrap();
+    }
+    let reader = log.reader();
+    let one = reader.read(Offset(7), 1).unwrap();
+    let batches: Vec<_> = batch::batches(one).map(Result::unwrap).collect();
+    assert_eq!(batches.len(), 1, "a too-small max still returns the batch holding the offset");
+    assert_eq!(batches[0].header().base_offset(), Offset(5));
+    let some = reader.read(Offset(0), 5000).unwrap();
+    assert!(some.len() <= 5000);
+    assert!(batch::batches(some).all(|b| b.is_ok()));
+    assert!(reader.read(Offset(50), 100).unwrap().is_empty(), "the end of the log is empty, not an error");
+    assert!(matches!(reader.read(Offset(51), 100), Err(Error::OffsetOutOfRange { .. })));
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes_max: 200, index_interval_bytes: 1, ..LogConfig::default() };
+    let mut log = Log::open(dir.path(), config).unwrap();
+    // Timestamps out of order, as producers may send them.
+    for (i, ts) in [100i64, 300, 200, 250, 500, 400].iter().enumerate() {
+        log.append(&mut batch(&[record(Some("k"), Some(format!("{i}").as_bytes()), *ts)], Compression::None)).unwrap();
+    }
+    let reader = log.reader();
+    assert!(reader.segments().len() > 2, "spans several segments");
+    assert_eq!(reader.offset_for_timestamp(0).unwrap(), Some(Offset(0)));
+    assert_eq!(reader.offset_for_timestamp(101).unwrap(), Some(Offset(1)));
+    assert_eq!(reader.offset_for_timestamp(301).unwrap(), Some(Offset(4)));
+    assert_eq!(reader.offset_for_timestamp(450).unwrap(), Some(Offset(4)));
+    assert_eq!(reader.offset_for_timestamp(501).unwrap(), None);
+}
+
+#[test]
+fn retention_deletes_old_and_excess_segments_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let config = LogConfig {
+        segment_bytes_max: 8 * 1024,
+        retention_ms: Some(60_000),
+        clock: Arc::new(clock.clone()),
+        ..LogConfig::default()
+    };
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    for _ in 0..40 {
+        let next = log.next_offset().0;
+        log.append(&mut payload_batch(next, 5, Compression::None)).unwrap();
+    }
+    let segments_before = log.reader().segments().len();
+    assert_eq!(log.apply_retention().unwrap().segments_deleted, 0, "nothing is a minute old yet");
+    clock.advance(120_000);
+    let reclaimed = log.apply_retention().unwrap();
+    assert_eq!(reclaimed.segments_deleted, segments_before - 1, "every sealed segment expired; the active one stays");
+    let start = log.log_start_offset();
+    assert_eq!(start, log.reader().segments()[0].base_offset);
+    assert!(matches!(log.reader().read(Offset(0), 10), Err(Error::OffsetOutOfRange { .. })));
+    drop(log);
+    let log = Log::open(dir.path(), config).unwrap();
+    assert_eq!(log.log_start_offset(), start);
+    assert_eq!(read_all(&log.reader()).first().unwrap().offset, start);
+}
+
+#[test]
+fn compaction_keeps_the_latest_value_per_key_and_drops_old_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let config = LogConfig {
+        segment_bytes_max: 400,
+        cleanup_policy: CleanupPolicy::Compact,
+        delete_retention_ms: 1000,
+        clock: Arc::new(clock.clone()),
+        ..LogConfig::default()
+    };
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    let now = 1_000_000;
+    for round in 0..5 {
+        for key in ["a", "b", "c"] {
+            let value = format!("{key}{round}");
+            log.append(&mut batch(&[record(Some(key), Some(value.as_bytes()), now)], Compression::Gzip)).unwrap();
+        }
+    }
+    log.append(&mut batch(&[record(Some("b"), None, now)], Compression::None)).unwrap();
+    log.append(&mut batch(&[record(Some("z"), Some(b"filler"), now)], Compression::None)).unwrap();
+    log.roll().unwrap();
+    log.append(&mut batch(&[record(Some("z"), Some(b"active"), now)], Compression::None)).unwrap();
+    let compacted = log.compact().unwrap();
+    assert!(compacted.records_removed >= 12);
+    let values = |log: &Log| -> Vec<(String, Option<String>)> {
+        read_all(&log.reader())
+            .into_iter()
+            .map(|r| {
+                let key = String::from_utf8(r.key.unwrap().to_vec()).unwrap();
+                (key, r.value.map(|v| String::from_utf8(v.to_vec()).unwrap()))
+            })
+            .collect()
+    };
+    assert_eq!(
+        values(&log),
+        vec![
+            ("a".into(), Some("a4".into())),
+            ("c".into(), Some("c4".into())),
+            ("b".into(), None),
+            ("z".into(), Some("active".into()))
+        ],
+        "superseded values go; the tombstone stays until delete.retention.ms"
+    );
+    clock.advance(5000);
+    log.compact().unwrap();
+    assert_eq!(values(&log).len(), 3, "the expired tombstone is gone");
+    let next = log.next_offset();
+    drop(log);
+    let log = Log::open(dir.path(), config).unwrap();
+    assert_eq!(log.next_offset(), next, "offsets are never reused after compaction");
+    assert_eq!(values(&log).len(), 3);
+}
+
+#[test]
+fn compacted_logs_refuse_records_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { cleanup_policy: CleanupPolicy::Compact, ..LogConfig::default() };
+    let mut log = Log::open(dir.path(), config).unwrap();
+    let result = log.append(&mut batch(&[record(None, Some(b"v"), 1)], Compression::None));
+    assert!(matches!(result, Err(Error::InvalidRecord(_))));
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert!(matches!(Log::open(dir.path(), LogConfig::default()), Err(Error::Locked { .. })));
+}
+
+#[test]
+fn truncate_suffix_removes_whole_batches_and_appends_reuse_the_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes_max: 2000, ..LogConfig::default() };
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    for _ in 0..20 {
+        let next = log.next_offset().0;
+        log.append(&mut payload_batch(next, 3, Compression::None)).unwrap();
+    }
+    log.flush().unwrap();
+    assert_eq!(log.truncate_suffix(Offset(31)).unwrap(), Offset(30), "offset 31 is inside the batch 30..=32");
+    assert_eq!(log.flushed_offset(), Offset(30));
+    log.append(&mut payload_batch(30, 2, Compression::None)).unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), config).unwrap();
+    assert_eq!(log.next_offset(), Offset(32));
+    assert_eq!(read_all(&log.reader()).len(), 32);
+}
