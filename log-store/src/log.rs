@@ -417,20 +417,37 @@ struct Recovery<'a> {
 
 impl Recovery<'_> {
     fn run(self, mut bases: Vec<u64>, lock: File) -> Result<Log> {
-        let mut log_start = self.checkpoint.map_or(bases.first().copied().unwrap_or(0), |c| c.log_start_offset);
+        let log_start = self.checkpoint.map_or(bases.first().copied().unwrap_or(0), |c| c.log_start_offset);
+        let mut dir_dirty = false;
         // Segments wholly below the log start were being deleted when the process stopped.
         while bases.len() > 1 && bases[1] <= log_start {
             for extension in ["log", "index", "timeindex"] {
                 let _ = std::fs::remove_file(self.dir.join(file_name(bases[0], extension)));
             }
             bases.remove(0);
+            dir_dirty = true;
         }
-        let mut dir_dirty = false;
+        let mut checkpoint = self.checkpoint;
         if bases.is_empty() {
             bases.push(log_start);
             Segment::create(self.dir, log_start)?;
-            dir_dirty = true;
+            sync_dir(self.dir)?;
+            let fresh = Checkpoint {
+                recovery_segment: log_start,
+                recovery_position: 0,
+                recovery_next_offset: log_start,
+                log_start_offset: log_start,
+            };
+            fresh.write(self.dir)?;
+            checkpoint = Some(fresh);
+        } else if self.checkpoint.is_none() {
+            warn!(dir = %self.dir.display(), "no valid checkpoint; validating the whole log as unflushed");
         }
+        let this = Recovery { checkpoint, ..self };
+        this.recover_segments(bases, log_start, dir_dirty, lock)
+    }
+
+    fn recover_segments(self, bases: Vec<u64>, mut log_start: u64, mut dir_dirty: bool, lock: File) -> Result<Log> {
         log_start = log_start.max(bases[0]);
         let (recovery_index, recovery_position, recovery_next) = match self.checkpoint {
             Some(c) => match bases.binary_search(&c.recovery_segment) {

@@ -165,4 +165,38 @@ mod tests {
         let compacted = Validation { require_keys: true, ..rules };
         assert!(matches!(validate(&keyless, compacted), Err(crate::Error::InvalidRecord(_))));
     }
+
+    proptest::proptest! {
+        /// Damage past the CRC check (the CRC recomputed to match) must give errors, never panics.
+        #[test]
+        fn damaged_records_with_a_matching_crc_never_panic(
+            codec in 0usize..5,
+            flips in proptest::collection::vec((0usize..4000, proptest::prelude::any::<u8>()), 1..8),
+            cut in 0usize..4000,
+        ) {
+            let mut builder = BatchBuilder::new(Compression::ALL[codec]);
+            for i in 0..6 {
+                builder.push(&record(i));
+            }
+            let mut bytes = builder.build().unwrap();
+            for (at, value) in flips {
+                let at = HEADER_LEN - 4 + at % (bytes.len() - HEADER_LEN + 4);
+                bytes[at] = value;
+            }
+            bytes.truncate(HEADER_LEN.max(bytes.len() - cut % 64));
+            let length = (bytes.len() - 12) as i32;
+            bytes[8..12].copy_from_slice(&length.to_be_bytes());
+            let crc = crate::batch::compute_crc(&bytes);
+            bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+            let rules = Validation { require_keys: false, decompressed_bytes_max: 1 << 16 };
+            let _ = validate(&bytes, rules);
+            if let Ok(batch) = Batch::new(Bytes::from(bytes)) {
+                if let Ok(records) = batch.records(1 << 16) {
+                    for record in records {
+                        let _ = record;
+                    }
+                }
+            }
+        }
+    }
 }
