@@ -118,7 +118,7 @@ fn lose_unflushed_tail(dir: &std::path::Path, rng: &mut Rng) {
 /// and reporting each flush on stdout.
 fn append_until_killed(dir: &str) {
     let mut log = Log::open(dir, crash_config()).unwrap();
-    let mut rng = Rng(std::process::id() as u64 * 2654435761 | 1);
+    let mut rng = Rng((std::process::id() as u64 * 2654435761) | 1);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let next = log.next_offset().0;
@@ -126,7 +126,7 @@ fn append_until_killed(dir: &str) {
         let codec = Compression::ALL[(rng.next() % 5) as usize];
         let mut batch = payload_batch(next, count, codec);
         log.append(&mut batch).unwrap();
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             let flushed = log.flush().unwrap();
             println!("flushed {}", flushed.0);
         }
