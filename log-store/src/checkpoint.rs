@@ -92,7 +92,8 @@ mod tests {
     fn round_trips_and_refuses_damage() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Checkpoint::read(dir.path()), None);
-        let checkpoint = Checkpoint { recovery_segment: 7, recovery_position: 99, recovery_next_offset: 12, log_start_offset: 3 };
+        let checkpoint =
+            Checkpoint { recovery_segment: 7, recovery_position: 99, recovery_next_offset: 12, log_start_offset: 3 };
         checkpoint.write(dir.path()).unwrap();
         assert_eq!(Checkpoint::read(dir.path()), Some(checkpoint));
         let mut bytes = std::fs::read(path(dir.path())).unwrap();

@@ -96,7 +96,10 @@ impl Log {
                 if header.is_control() {
                     continue;
                 }
-                for record in batch.records(self.config.decompressed_bytes_max).map_err(|e| segment.corrupt(position, e.to_string()))? {
+                for record in batch
+                    .records(self.config.decompressed_bytes_max)
+                    .map_err(|e| segment.corrupt(position, e.to_string()))?
+                {
                     let record = record.map_err(|error| segment.corrupt(position, error.to_string()))?;
                     if let (Some(key), true) = (record.key, record.offset.0 >= log_start) {
                         map.latest.insert(key, record.offset.0);
@@ -107,7 +110,13 @@ impl Log {
         Ok(map)
     }
 
-    fn rewrite_group(&mut self, group: &[Arc<Segment>], replaced_until: u64, map: &KeyMap, outcome: &mut Compacted) -> Result<()> {
+    fn rewrite_group(
+        &mut self,
+        group: &[Arc<Segment>],
+        replaced_until: u64,
+        map: &KeyMap,
+        outcome: &mut Compacted,
+    ) -> Result<()> {
         let base = group[0].base_offset;
         let cleaned_path = self.dir.join(file_name(base, "cleaned"));
         let file = OpenOptions::new()
@@ -130,7 +139,8 @@ impl Log {
                 let kept = if header.is_control() {
                     Some(batch.bytes().to_vec())
                 } else {
-                    self.filter_batch(&batch, map, now, log_start, outcome).map_err(|e| segment.corrupt(at, e.to_string()))?
+                    self.filter_batch(&batch, map, now, log_start, outcome)
+                        .map_err(|e| segment.corrupt(at, e.to_string()))?
                 };
                 let Some(bytes) = kept else { continue };
                 let written = BatchHeader::parse(&bytes)?;
@@ -165,7 +175,14 @@ impl Log {
     }
 
     /// The batch as it should be after compaction, or `None` when it goes entirely.
-    fn filter_batch(&self, batch: &Batch, map: &KeyMap, now: i64, log_start: u64, outcome: &mut Compacted) -> Result<Option<Vec<u8>>> {
+    fn filter_batch(
+        &self,
+        batch: &Batch,
+        map: &KeyMap,
+        now: i64,
+        log_start: u64,
+        outcome: &mut Compacted,
+    ) -> Result<Option<Vec<u8>>> {
         let header = *batch.header();
         let mut records = Vec::with_capacity(header.records_count as usize);
         let mut total = 0u64;
@@ -183,8 +200,8 @@ impl Log {
         if records.len() as u64 == total {
             return Ok(Some(batch.bytes().to_vec()));
         }
-        let last_of_producer =
-            header.producer_id >= 0 && map.last_batch_of_producer.get(&header.producer_id) == Some(&(header.base_offset as u64));
+        let last_of_producer = header.producer_id >= 0
+            && map.last_batch_of_producer.get(&header.producer_id) == Some(&(header.base_offset as u64));
         if records.is_empty() && !last_of_producer {
             return Ok(None);
         }

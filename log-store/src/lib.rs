@@ -39,10 +39,10 @@ mod segment;
 mod sync;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::compaction::Compacted;
 pub use crate::config::{CleanupPolicy, LogConfig};
 pub use crate::error::{Error, Result};
 pub use crate::log::{Appended, Log};
 pub use crate::offset::Offset;
 pub use crate::reader::{LogReader, SegmentInfo};
-pub use crate::compaction::Compacted;
 pub use crate::retention::Reclaimed;

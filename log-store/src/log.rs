@@ -169,7 +169,10 @@ impl Log {
             return Ok(());
         }
         let full = self.position + batch_len > self.config.segment_bytes_max();
-        let old = self.cursor.first_timestamp.is_some_and(|first| max_timestamp.saturating_sub(first) >= self.config.segment_ms);
+        let old = self
+            .cursor
+            .first_timestamp
+            .is_some_and(|first| max_timestamp.saturating_sub(first) >= self.config.segment_ms);
         let next_offset = self.shared.next_offset.load(Ordering::Relaxed);
         let offsets_exhausted = next_offset + record_count - self.active.base_offset > u32::MAX as u64;
         if full || old || offsets_exhausted {
@@ -329,7 +332,8 @@ impl Log {
             let relative = indexes.last_time_entry().map_or(0, |entry| entry.relative_offset);
             indexes.position_for(relative) as u64
         };
-        let first_base = segment.header_at(rescan_from, cut_position)?.map_or(segment.base_offset, |h| h.base_offset as u64);
+        let first_base =
+            segment.header_at(rescan_from, cut_position)?.map_or(segment.base_offset, |h| h.base_offset as u64);
         let end = segment.scan(rescan_from, cut_position, first_base, &mut cursor, self.config.index_interval_bytes)?;
         if let Some(defect) = end.defect {
             return Err(segment.corrupt(end.position, defect));
@@ -346,7 +350,8 @@ impl Log {
         self.cursor = cursor;
         sync_dir(&self.dir)?;
         let recovery_beyond_cut = self.checkpoint.recovery_segment > segment.base_offset
-            || (self.checkpoint.recovery_segment == segment.base_offset && self.checkpoint.recovery_position > cut_position)
+            || (self.checkpoint.recovery_segment == segment.base_offset
+                && self.checkpoint.recovery_position > cut_position)
             || self.checkpoint.recovery_next_offset > new_next;
         if recovery_beyond_cut {
             let checkpoint = Checkpoint {
@@ -389,7 +394,8 @@ fn prepare_directory(dir: &Path) -> Result<Vec<u64>> {
     }
     for (stem, path) in swaps {
         // `<base>-<end>.swap` was fully written and fsynced: it replaces segments in [base, end).
-        let Some((base, end)) = stem.split_once('-').and_then(|(b, e)| Some((b.parse::<u64>().ok()?, e.parse::<u64>().ok()?)))
+        let Some((base, end)) =
+            stem.split_once('-').and_then(|(b, e)| Some((b.parse::<u64>().ok()?, e.parse::<u64>().ok()?)))
         else {
             continue;
         };
@@ -471,7 +477,9 @@ impl Recovery<'_> {
                 expected_next = self.recover_flushed(&segment, file_len, expected_next)?;
             } else if index == recovery_index {
                 if recovery_position > file_len {
-                    return Err(segment.corrupt(file_len, format!("file ends before the recovery point {recovery_position}")));
+                    return Err(
+                        segment.corrupt(file_len, format!("file ends before the recovery point {recovery_position}"))
+                    );
                 }
                 cursor = self.recover_trusted_prefix(&segment, recovery_position, expected_next)?;
                 let start_next = recovery_next.max(expected_next).max(base);
@@ -511,7 +519,10 @@ impl Recovery<'_> {
         let position = active.published_len();
         let next_offset = active.end_offset();
         cursor.first_timestamp = active.header_at(0, position)?.map(|header| header.max_timestamp);
-        let flushed = self.checkpoint.filter(|_| recovery_index < segments.len()).map_or(bases[0], |_| recovery_next.min(next_offset));
+        let flushed = self
+            .checkpoint
+            .filter(|_| recovery_index < segments.len())
+            .map_or(bases[0], |_| recovery_next.min(next_offset));
         let checkpoint = self.checkpoint.unwrap_or_default();
         let shared = Arc::new(Shared {
             segments: RwLock::new(segments),
@@ -547,9 +558,9 @@ impl Recovery<'_> {
             let mut position = sync::read(&segment.indexes).last_offset_entry().map_or(0, |e| e.position as u64);
             let mut end_offset = segment.base_offset.max(expected_next);
             while position < file_len {
-                let header = segment
-                    .header_at(position, file_len)?
-                    .ok_or_else(|| segment.corrupt(position, "a batch header is cut off by the end of the file".into()))?;
+                let header = segment.header_at(position, file_len)?.ok_or_else(|| {
+                    segment.corrupt(position, "a batch header is cut off by the end of the file".into())
+                })?;
                 if position + header.total_len() as u64 > file_len {
                     return Err(segment.corrupt(position, "a batch is cut off by the end of the file".into()));
                 }
@@ -573,7 +584,12 @@ impl Recovery<'_> {
 
     /// The segment holding the recovery point: trust bytes before it, returning the cursor to
     /// continue scanning from there.
-    fn recover_trusted_prefix(&self, segment: &Segment, recovery_position: u64, expected_next: u64) -> Result<IndexCursor> {
+    fn recover_trusted_prefix(
+        &self,
+        segment: &Segment,
+        recovery_position: u64,
+        expected_next: u64,
+    ) -> Result<IndexCursor> {
         if recovery_position == 0 {
             return Ok(IndexCursor::new());
         }
@@ -594,7 +610,13 @@ impl Recovery<'_> {
     }
 
     /// After scanning an unflushed tail: cut off a torn part, publish, write the indexes.
-    fn finish_tail(&self, segment: &Segment, end: &crate::segment::ScanEnd, file_len: u64, cursor: &IndexCursor) -> Result<u64> {
+    fn finish_tail(
+        &self,
+        segment: &Segment,
+        end: &crate::segment::ScanEnd,
+        file_len: u64,
+        cursor: &IndexCursor,
+    ) -> Result<u64> {
         if let Some(defect) = &end.defect {
             warn!(
                 file = %segment.log_path.display(),

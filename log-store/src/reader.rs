@@ -136,7 +136,13 @@ fn read_batch(segment: &Segment, position: u64, header: &BatchHeader) -> Result<
     Batch::new(Bytes::from(bytes)).map_err(|error| segment.corrupt(position, error.to_string()))
 }
 
-fn read_whole_batches(segment: &Segment, position: u64, first: &BatchHeader, max_bytes: usize, limit: u64) -> Result<Bytes> {
+fn read_whole_batches(
+    segment: &Segment,
+    position: u64,
+    first: &BatchHeader,
+    max_bytes: usize,
+    limit: u64,
+) -> Result<Bytes> {
     let available = (limit - position) as usize;
     let want = max_bytes.min(available).max(first.total_len());
     let mut buffer = segment.read_at(position, want)?;

@@ -340,9 +340,9 @@ impl Segment {
             };
             let at = position;
             position += header.total_len() as u64;
-            let batch = self.read_at(at, header.total_len()).and_then(|bytes| {
-                Batch::new(Bytes::from(bytes)).map_err(|error| self.corrupt(at, error.to_string()))
-            });
+            let batch = self
+                .read_at(at, header.total_len())
+                .and_then(|bytes| Batch::new(Bytes::from(bytes)).map_err(|error| self.corrupt(at, error.to_string())));
             if batch.is_err() {
                 position = limit;
             }

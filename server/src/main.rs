@@ -52,7 +52,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
     let probe = args.data_dir.join(".write-probe");
-    std::fs::write(&probe, b"ok").with_context(|| format!("the data directory {} is not writable", args.data_dir.display()))?;
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("the data directory {} is not writable", args.data_dir.display()))?;
     std::fs::remove_file(&probe).ok();
     info!(node_id = args.node_id, data_dir = %args.data_dir.display(), "node started; no listeners yet (replication and façades are not built)");
     wait_for_shutdown_signal()?;

@@ -142,7 +142,10 @@ mod tests {
             assert_eq!(decoded.len(), 20);
             for (i, (got, want)) in decoded.iter().zip(&records).enumerate() {
                 assert_eq!(got.offset, Offset(i as u64));
-                assert_eq!((&got.key, &got.value, &got.headers, got.timestamp), (&want.key, &want.value, &want.headers, want.timestamp));
+                assert_eq!(
+                    (&got.key, &got.value, &got.headers, got.timestamp),
+                    (&want.key, &want.value, &want.headers, want.timestamp)
+                );
             }
         }
     }

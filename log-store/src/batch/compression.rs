@@ -72,7 +72,8 @@ impl Compression {
                 out.extend_from_slice(&1i32.to_be_bytes());
                 let mut encoder = snap::raw::Encoder::new();
                 for block in input.chunks(XERIAL_BLOCK_LEN) {
-                    let compressed = encoder.compress_vec(block).map_err(|_| Error::InvalidRecord("compression failed"))?;
+                    let compressed =
+                        encoder.compress_vec(block).map_err(|_| Error::InvalidRecord("compression failed"))?;
                     out.extend_from_slice(&(compressed.len() as i32).to_be_bytes());
                     out.extend_from_slice(&compressed);
                 }
@@ -191,7 +192,12 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         for codec in Compression::ALL {
-            for garbage in [&b""[..], b"\x00", b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01\xff\xff\xff\xff", b"\x28\xb5\x2f\xfd\x00"] {
+            for garbage in [
+                &b""[..],
+                b"\x00",
+                b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01\xff\xff\xff\xff",
+                b"\x28\xb5\x2f\xfd\x00",
+            ] {
                 let _ = codec.decompress(garbage, 1 << 20);
             }
         }

@@ -83,14 +83,7 @@ impl<'a> RawRecord<'a> {
             return Err(Error::MalformedBatch("record length does not match its fields"));
         }
         *position = end;
-        Ok(RawRecord {
-            timestamp_delta,
-            offset_delta,
-            key,
-            value,
-            header_count,
-            headers: &section[headers_start..end],
-        })
+        Ok(RawRecord { timestamp_delta, offset_delta, key, value, header_count, headers: &section[headers_start..end] })
     }
 
     fn decode_headers(&self, owner: &Bytes) -> Result<Vec<Header>> {
@@ -99,10 +92,7 @@ impl<'a> RawRecord<'a> {
         for _ in 0..self.header_count {
             let key = read_nullable(self.headers, &mut at)?.unwrap_or_default();
             let value = read_nullable(self.headers, &mut at)?;
-            headers.push(Header {
-                key: owner.slice_ref(key),
-                value: value.map(|value| owner.slice_ref(value)),
-            });
+            headers.push(Header { key: owner.slice_ref(key), value: value.map(|value| owner.slice_ref(value)) });
         }
         Ok(headers)
     }
@@ -156,8 +146,7 @@ impl RecordIter {
             remaining: header.records_count,
             base_offset: header.base_offset as u64,
             base_timestamp: header.base_timestamp,
-            log_append_time: (header.timestamp_type() == TimestampType::LogAppendTime)
-                .then_some(header.max_timestamp),
+            log_append_time: (header.timestamp_type() == TimestampType::LogAppendTime).then_some(header.max_timestamp),
         })
     }
 

@@ -159,7 +159,10 @@ fn missing_or_garbage_indexes_are_rebuilt_with_the_same_answers() {
     let count = write_log(dir.path(), 80);
     let before: Vec<_> = {
         let log = Log::open(dir.path(), config()).unwrap();
-        (0..count).step_by(7).map(|o| log.reader().offset_for_timestamp(1_700_000_000_000 + o as i64).unwrap()).collect()
+        (0..count)
+            .step_by(7)
+            .map(|o| log.reader().offset_for_timestamp(1_700_000_000_000 + o as i64).unwrap())
+            .collect()
     };
     std::fs::remove_file(segment_file(dir.path(), 0, "index")).unwrap();
     std::fs::remove_file(segment_file(dir.path(), 0, "timeindex")).unwrap();
@@ -169,8 +172,10 @@ fn missing_or_garbage_indexes_are_rebuilt_with_the_same_answers() {
     std::fs::remove_file(segment_file(dir.path(), last, "index")).unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     assert_intact(&log, count);
-    let after: Vec<_> =
-        (0..count).step_by(7).map(|o| log.reader().offset_for_timestamp(1_700_000_000_000 + o as i64).unwrap()).collect();
+    let after: Vec<_> = (0..count)
+        .step_by(7)
+        .map(|o| log.reader().offset_for_timestamp(1_700_000_000_000 + o as i64).unwrap())
+        .collect();
     assert_eq!(before, after);
 }
 
@@ -184,6 +189,8 @@ fn damaged_checkpoint_means_full_validation_not_data_loss() {
 }
 
 fn log_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log")).count()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
+        .count()
 }
-

@@ -37,10 +37,9 @@ fn kill_9_while_appending_keeps_every_flushed_batch() {
         append_until_killed(&dir);
         return;
     }
-    let seed = std::env::var("LOG_STORE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+    let seed = std::env::var("LOG_STORE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
     println!("crash test seed {seed} (replay with LOG_STORE_CRASH_SEED={seed})");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();

@@ -135,7 +135,9 @@ fn run(settings: Settings, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(appended.base_offset, Offset(model.next_offset));
                 let base = model.next_offset;
                 for (i, r) in records.into_iter().enumerate() {
-                    model.records.insert(base + i as u64, ModelRecord { key: r.key, value: r.value, timestamp: r.timestamp });
+                    model
+                        .records
+                        .insert(base + i as u64, ModelRecord { key: r.key, value: r.value, timestamp: r.timestamp });
                 }
                 model.next_offset += specs.len() as u64;
                 model.batches.push((base, model.next_offset - 1));
@@ -145,7 +147,12 @@ fn run(settings: Settings, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let from = (model.log_start + at as u64 % span).saturating_sub(2);
                 let result = log.reader().read(Offset(from), max_bytes as usize);
                 if from < model.log_start || from > model.next_offset {
-                    prop_assert!(matches!(result, Err(Error::OffsetOutOfRange { .. })), "read {} gave {:?}", from, result);
+                    prop_assert!(
+                        matches!(result, Err(Error::OffsetOutOfRange { .. })),
+                        "read {} gave {:?}",
+                        from,
+                        result
+                    );
                     continue;
                 }
                 let bytes = result.unwrap();
@@ -233,10 +240,13 @@ fn run(settings: Settings, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let now = clock.now_ms_for_test();
                     model.records.retain(|offset, r| {
                         *offset >= active_base
-                            || (latest[r.key.as_ref().unwrap()] == *offset && !(r.value.is_none() && r.timestamp + 700 < now))
+                            || (latest[r.key.as_ref().unwrap()] == *offset
+                                && !(r.value.is_none() && r.timestamp + 700 < now))
                     });
                     let records = &model.records;
-                    model.batches.retain(|(base, last)| *base >= active_base || records.range(*base..=*last).next().is_some());
+                    model
+                        .batches
+                        .retain(|(base, last)| *base >= active_base || records.range(*base..=*last).next().is_some());
                 }
             }
             Op::Reopen => {
