@@ -1,1 +1,39 @@
-fn main() {}
+//! `bench`: RobustMQ's benchmarks. Every mode prints our figure beside the limit (or the peer)
+//! measured in the same run, then one JSON line with all the figures (DESIGN.md §6).
+//!
+//! One subcommand per mode, one file per mode:
+//! * `log-store` ([`log_store`]) — append and read throughput of one partition's `log_store::Log`
+//!   against the sequential write bandwidth of the disk under it ([`disk`]).
+//!
+//! Later modes (`replicated`, `kafka`) slot in as sibling subcommands. [`report`] holds the
+//! shared printing: the human-readable table and percentiles.
+
+mod disk;
+mod log_store;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// RobustMQ benchmarks: each mode prints our figure beside the limit measured in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// One partition's log on local disk: append and read throughput vs. the disk's limit.
+    LogStore(log_store::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.mode {
+        Mode::LogStore(args) => log_store::run(args),
+    }
+}

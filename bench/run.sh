@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs a RobustMQ benchmark: installs fio if it is missing (with apt-get, as root), then
+#   cargo run --release -p bench -- "$@"
+# e.g.  bench/run.sh log-store --seconds 10
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v fio >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing fio…" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq fio >/dev/null 2>&1 \
+            || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fio >/dev/null 2>&1; } \
+            || echo "could not install fio; the bench falls back to its in-process O_DIRECT writer" >&2
+    else
+        echo "fio not found and cannot be installed here (needs root and apt-get); the bench falls back to its in-process O_DIRECT writer" >&2
+    fi
+fi
+
+exec cargo run --release -p bench -- "$@"
