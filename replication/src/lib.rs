@@ -1,1 +1,38 @@
-//! Multi-raft replication of partitions (raft-rs + raft-engine). Empty until issue 3.
+//! `replication`: the multi-raft node that makes partition logs replicated.
+//!
+//! One Raft group (raft-rs `RawNode`) per partition plus a metadata group (the controller's
+//! catalog: nodes, topics, placement, configs), all sharing one raft-engine instance per node.
+//! A single store loop drives every group: it batches the `Ready` of all busy groups into one
+//! raft-engine write with one fsync, sends messages coalesced per destination, and applies
+//! committed entries — partition entries are RecordBatch v2 bytes appended to the partition's
+//! `log-store` log, which assigns offsets in Raft order.
+//!
+//! Façades and the server see the cluster only through [`Cluster`].
+//!
+//! # Layout
+//! * `ids`, `error`, `config` — vocabulary.
+//! * `raft_storage` — raft-rs `Storage` over raft-engine, one per group.
+//! * `catalog` — the metadata state machine (topics, placement).
+//! * `partition` — a partition replica: its log, apply, durable apply state.
+//! * `store` — the store loop that drives every group.
+//! * `transport` — node-to-node gRPC streams, bounded and reconnecting.
+//! * `cluster` — the handle the rest of the node uses.
+#![deny(missing_docs)]
+
+mod catalog;
+mod cluster;
+mod config;
+mod error;
+mod ids;
+mod partition;
+mod raft_storage;
+mod store;
+mod transport;
+
+pub use catalog::{Catalog, NodeInfo, PartitionInfo, TopicConfig, TopicInfo};
+pub use cluster::{Cluster, FetchResult, PartitionStatus};
+pub use config::{PeerConfig, ReplicationConfig};
+pub use error::{Error, Result};
+pub use ids::{GroupId, NodeId, METADATA_GROUP};
+pub use store::start;
+pub use transport::RaftService;

@@ -1,0 +1,218 @@
+//! The catalog: the metadata group's state machine (nodes, topics, partition placement).
+//!
+//! Commands are JSON in Raft entries of the metadata group; every node applies them in the same
+//! order, so every node's catalog is the same after the same index. Placement is computed at
+//! apply time from the catalog alone, so it is deterministic too.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ids::{GroupId, NodeId, FIRST_PARTITION_GROUP};
+
+/// Largest partition count of one topic.
+pub(crate) const PARTITIONS_MAX: u32 = 10_000;
+
+/// A node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its id.
+    pub id: NodeId,
+    /// `host:port` of its native gRPC listener.
+    pub address: String,
+}
+
+/// Per-topic settings, Kafka's names in snake case.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// Delete segments older than this.
+    pub retention_ms: Option<i64>,
+    /// Delete the oldest segments past this size per partition.
+    pub retention_bytes: Option<u64>,
+    /// Segment size.
+    pub segment_bytes: Option<u64>,
+    /// Key compaction instead of deletion.
+    pub compacted: bool,
+    /// Replicas that must hold an append before it is acknowledged (Raft: a majority always does).
+    pub min_insync_replicas: Option<u32>,
+    /// Largest batch accepted.
+    pub max_message_bytes: Option<u32>,
+}
+
+/// One partition and where it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// Partition number within the topic.
+    pub partition: u32,
+    /// Its Raft group.
+    pub group: GroupId,
+    /// Nodes holding a replica; the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+}
+
+/// A topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    /// Name.
+    pub name: String,
+    /// Settings.
+    pub config: TopicConfig,
+    /// Replicas per partition.
+    pub replication_factor: u32,
+    /// Partitions in order.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// A change to the catalog, as proposed to the metadata group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Command {
+    CreateTopic { name: String, partitions: u32, replication_factor: u32, config: TopicConfig },
+    DeleteTopic { name: String },
+}
+
+/// What applying a command changed, for the store loop to act on.
+#[derive(Clone, Debug)]
+pub(crate) enum Change {
+    TopicCreated(TopicInfo),
+    TopicDeleted(TopicInfo),
+}
+
+/// The replicated catalog.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Nodes by id.
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicInfo>,
+    /// The id the next partition group gets.
+    pub next_group: u64,
+}
+
+impl Catalog {
+    /// The catalog of a new cluster made of `nodes`.
+    pub(crate) fn new(nodes: impl IntoIterator<Item = NodeInfo>) -> Catalog {
+        Catalog {
+            nodes: nodes.into_iter().map(|node| (node.id, node)).collect(),
+            topics: BTreeMap::new(),
+            next_group: FIRST_PARTITION_GROUP,
+        }
+    }
+
+    /// Checks a command without applying it (the leader refuses bad requests early).
+    pub(crate) fn check(&self, command: &Command) -> Result<()> {
+        self.clone().apply(command).map(|_| ())
+    }
+
+    /// Applies a committed command. Errors leave the catalog unchanged on every node alike.
+    pub(crate) fn apply(&mut self, command: &Command) -> Result<Change> {
+        match command {
+            Command::CreateTopic { name, partitions, replication_factor, config } => {
+                validate_topic_name(name)?;
+                if self.topics.contains_key(name) {
+                    return Err(Error::TopicExists(name.clone()));
+                }
+                if *partitions == 0 || *partitions > PARTITIONS_MAX {
+                    return Err(Error::InvalidRequest(format!("partitions must be 1..={PARTITIONS_MAX}")));
+                }
+                let node_count = self.nodes.len() as u32;
+                let replication_factor = match *replication_factor {
+                    0 => node_count.min(3),
+                    rf if rf > node_count => {
+                        return Err(Error::InvalidRequest(format!(
+                            "replication factor {rf} is larger than the {node_count} nodes of the cluster"
+                        )))
+                    }
+                    rf => rf,
+                };
+                let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+                // Spread replicas and preferred leaders: partition p of a topic starts at a
+                // node offset by the topic's position among groups, then by p.
+                let start = (self.next_group - FIRST_PARTITION_GROUP) as usize;
+                let partitions = (0..*partitions)
+                    .map(|partition| {
+                        let first = (start + partition as usize) % nodes.len();
+                        let replicas =
+                            (0..replication_factor as usize).map(|i| nodes[(first + i) % nodes.len()]).collect();
+                        let group = GroupId(self.next_group + partition as u64);
+                        PartitionInfo { partition, group, replicas }
+                    })
+                    .collect::<Vec<_>>();
+                self.next_group += partitions.len() as u64;
+                let topic = TopicInfo { name: name.clone(), config: config.clone(), replication_factor, partitions };
+                self.topics.insert(name.clone(), topic.clone());
+                Ok(Change::TopicCreated(topic))
+            }
+            Command::DeleteTopic { name } => {
+                let topic = self.topics.remove(name).ok_or_else(|| Error::UnknownTopic(name.clone()))?;
+                Ok(Change::TopicDeleted(topic))
+            }
+        }
+    }
+
+    /// The partition of a topic.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<&PartitionInfo> {
+        let info = self.topics.get(topic).ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
+        info.partitions
+            .get(partition as usize)
+            .ok_or_else(|| Error::UnknownPartition { topic: topic.to_string(), partition })
+    }
+}
+
+/// Kafka's rule: 1–249 characters of `[a-zA-Z0-9._-]`, not "." or "..".
+fn validate_topic_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() < 250
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!("invalid topic name {name:?}: use 1-249 of [a-zA-Z0-9._-]")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog(nodes: u64) -> Catalog {
+        Catalog::new((1..=nodes).map(|id| NodeInfo { id: NodeId(id), address: format!("127.0.0.1:{}", 9300 + id) }))
+    }
+
+    fn create(name: &str, partitions: u32, rf: u32) -> Command {
+        Command::CreateTopic { name: name.into(), partitions, replication_factor: rf, config: TopicConfig::default() }
+    }
+
+    #[test]
+    fn placement_spreads_replicas_and_preferred_leaders() {
+        let mut catalog = catalog(3);
+        let Change::TopicCreated(topic) = catalog.apply(&create("orders", 6, 3)).unwrap() else { panic!() };
+        let mut leaders = [0; 4];
+        for partition in &topic.partitions {
+            assert_eq!(partition.replicas.len(), 3);
+            let mut distinct = partition.replicas.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3, "replicas on distinct nodes");
+            leaders[partition.replicas[0].0 as usize] += 1;
+        }
+        assert_eq!(&leaders[1..], &[2, 2, 2], "preferred leaders balanced");
+    }
+
+    #[test]
+    fn bad_commands_change_nothing() {
+        let mut catalog = catalog(3);
+        catalog.apply(&create("a", 1, 3)).unwrap();
+        let before = catalog.clone();
+        assert!(matches!(catalog.apply(&create("a", 1, 1)), Err(Error::TopicExists(_))));
+        assert!(matches!(catalog.apply(&create("b", 1, 4)), Err(Error::InvalidRequest(_))));
+        assert!(matches!(catalog.apply(&create("b", 0, 1)), Err(Error::InvalidRequest(_))));
+        assert!(matches!(catalog.apply(&create("bad/name", 1, 1)), Err(Error::InvalidRequest(_))));
+        assert!(matches!(catalog.apply(&Command::DeleteTopic { name: "zz".into() }), Err(Error::UnknownTopic(_))));
+        assert_eq!(catalog, before);
+        assert_eq!(catalog.apply(&create("c", 2, 0)).map(|_| ()).ok(), Some(()));
+        assert_eq!(catalog.topics["c"].replication_factor, 3, "default replication factor is min(3, nodes)");
+    }
+}

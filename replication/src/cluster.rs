@@ -1,0 +1,231 @@
+//! `Cluster`: the one narrow handle through which the server and the façades use the cluster.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use log_store::batch;
+use log_store::Offset;
+use tokio::sync::oneshot;
+
+use crate::catalog::{Catalog, Command, TopicConfig, TopicInfo};
+use crate::error::{Error, Result};
+use crate::ids::{GroupId, NodeId, METADATA_GROUP};
+use crate::partition::PartitionHandle;
+use crate::store::{try_send, Applied, StoreMsg};
+
+/// How long a proposal may wait for its commit before the caller hears `Timeout`.
+const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest long-poll a fetch may ask for.
+const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// State shared by the store loop and every `Cluster` handle.
+pub(crate) struct Shared {
+    pub node_id: NodeId,
+    pub catalog: RwLock<Catalog>,
+    pub partitions: RwLock<HashMap<(String, u32), Arc<PartitionHandle>>>,
+    pub metadata_leader: AtomicU64,
+    pub inbox: Sender<StoreMsg>,
+    pub peers: BTreeMap<NodeId, String>,
+    pub stopped: AtomicBool,
+}
+
+/// Whole batches read from a partition, with the partition's bounds at the time of the read.
+#[derive(Clone, Debug)]
+pub struct FetchResult {
+    /// Whole RecordBatch v2 batches.
+    pub batches: Bytes,
+    /// Next offset after the last committed record.
+    pub high_watermark: Offset,
+    /// First readable offset.
+    pub log_start_offset: Offset,
+}
+
+/// What this node knows of a local partition replica.
+#[derive(Clone, Debug)]
+pub struct PartitionStatus {
+    /// Current leader, if known.
+    pub leader: Option<NodeId>,
+    /// First readable offset.
+    pub log_start_offset: Offset,
+    /// Next offset after the last committed record.
+    pub high_watermark: Offset,
+}
+
+/// A cheap, cloneable handle on this node's view of the cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+}
+
+impl Cluster {
+    pub(crate) fn new(shared: Arc<Shared>) -> Cluster {
+        Cluster { shared }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.node_id
+    }
+
+    /// The address of a node's native API, from the catalog or the configured peers.
+    pub fn address_of(&self, node: NodeId) -> Option<String> {
+        let catalog = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner());
+        catalog.nodes.get(&node).map(|n| n.address.clone()).or_else(|| self.shared.peers.get(&node).cloned())
+    }
+
+    /// A copy of the replicated catalog as this node has applied it.
+    pub fn catalog(&self) -> Catalog {
+        self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The metadata group's leader as this node knows it.
+    pub fn metadata_leader(&self) -> Option<NodeId> {
+        Some(self.shared.metadata_leader.load(Ordering::Acquire)).filter(|id| *id != 0).map(NodeId)
+    }
+
+    /// Whether the store loop has stopped (shutdown or a fatal Raft log store error).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// Status of a partition replica held by this node, `None` if it holds none.
+    pub fn partition_status(&self, topic: &str, partition: u32) -> Option<PartitionStatus> {
+        let handle = self.local(topic, partition)?;
+        let high_watermark = Offset(*handle.high_watermark.borrow());
+        Some(PartitionStatus {
+            leader: handle.leader(),
+            log_start_offset: handle.reader.log_start_offset(),
+            high_watermark,
+        })
+    }
+
+    /// Groups this node currently leads (metadata included).
+    pub fn leader_count(&self) -> usize {
+        let me = self.shared.node_id;
+        let partitions = self.shared.partitions.read().unwrap_or_else(|p| p.into_inner());
+        partitions.values().filter(|h| h.leader() == Some(me)).count() + usize::from(self.metadata_leader() == Some(me))
+    }
+
+    /// Appends one RecordBatch v2 to a partition this node leads. Completes when the batch is
+    /// committed by a majority and applied here, with the offsets it got.
+    pub async fn append(&self, topic: &str, partition: u32, batch_bytes: Vec<u8>) -> Result<(Offset, Offset)> {
+        let handle = self.leading(topic, partition)?;
+        if batch_bytes.len() > handle.batch_bytes_max {
+            return Err(Error::Log(log_store::Error::BatchTooLarge {
+                size: batch_bytes.len(),
+                max: handle.batch_bytes_max,
+            }));
+        }
+        batch::validate(&batch_bytes, handle.validation)?;
+        match self.propose(handle.group, batch_bytes).await? {
+            Applied::Offsets(base, last) => Ok((base, last)),
+            other => Err(Error::Engine(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    /// Reads whole batches from `from` on a partition this node leads, waiting up to `max_wait`
+    /// for data when there is none yet (woken by the commit, not by polling).
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: Offset,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<FetchResult> {
+        let handle = self.leading(topic, partition)?;
+        let mut watermark = handle.high_watermark.subscribe();
+        let deadline = tokio::time::Instant::now() + max_wait.min(FETCH_WAIT_MAX);
+        loop {
+            let high_watermark = Offset(*watermark.borrow_and_update());
+            if from < high_watermark || tokio::time::Instant::now() >= deadline {
+                let batches = if from < high_watermark || from != handle.reader.next_offset() {
+                    handle.reader.read(from, max_bytes)?
+                } else {
+                    Bytes::new()
+                };
+                return Ok(FetchResult { batches, high_watermark, log_start_offset: handle.reader.log_start_offset() });
+            }
+            if from > high_watermark {
+                return Err(Error::Log(log_store::Error::OffsetOutOfRange {
+                    offset: from,
+                    log_start_offset: handle.reader.log_start_offset(),
+                    next_offset: high_watermark,
+                }));
+            }
+            if tokio::time::timeout_at(deadline, watermark.changed()).await.is_ok_and(|changed| changed.is_err()) {
+                return Err(Error::Stopped);
+            }
+        }
+    }
+
+    /// Creates a topic (this node must lead the metadata group). Completes once the catalog
+    /// change is committed; the partition groups then elect their leaders.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        config: TopicConfig,
+    ) -> Result<TopicInfo> {
+        let command = Command::CreateTopic { name: name.to_string(), partitions, replication_factor, config };
+        match self.propose_metadata(command).await? {
+            Applied::Topic(topic) => Ok(topic),
+            other => Err(Error::Engine(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    /// Deletes a topic and every replica of its partitions.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.propose_metadata(Command::DeleteTopic { name: name.to_string() }).await.map(|_| ())
+    }
+
+    /// Stops the store loop after flushing every partition log.
+    pub async fn shutdown(&self) {
+        let (done, stopped) = oneshot::channel();
+        if try_send(&self.shared.inbox, StoreMsg::Shutdown(done)).is_ok() {
+            let _ = stopped.await;
+        }
+    }
+
+    async fn propose_metadata(&self, command: Command) -> Result<Applied> {
+        if self.metadata_leader() != Some(self.shared.node_id) {
+            return Err(Error::NotLeader { leader: self.metadata_leader() });
+        }
+        self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).check(&command)?;
+        let data = self.shared.propose_command(&command)?;
+        self.propose(METADATA_GROUP, data).await
+    }
+
+    async fn propose(&self, group: GroupId, data: Vec<u8>) -> Result<Applied> {
+        let (reply, applied) = oneshot::channel();
+        try_send(&self.shared.inbox, StoreMsg::Propose { group, data, reply })?;
+        match tokio::time::timeout(PROPOSAL_TIMEOUT, applied).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    fn local(&self, topic: &str, partition: u32) -> Option<Arc<PartitionHandle>> {
+        self.shared.partitions.read().unwrap_or_else(|p| p.into_inner()).get(&(topic.to_string(), partition)).cloned()
+    }
+
+    /// The local replica if this node leads it; otherwise the error saying who does.
+    fn leading(&self, topic: &str, partition: u32) -> Result<Arc<PartitionHandle>> {
+        match self.local(topic, partition) {
+            Some(handle) if handle.leader() == Some(self.shared.node_id) => Ok(handle),
+            Some(handle) => Err(Error::NotLeader { leader: handle.leader() }),
+            None => {
+                let catalog = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner());
+                let info = catalog.partition(topic, partition)?;
+                // Not a replica here: point at the preferred leader, which forwards if need be.
+                Err(Error::NotLeader { leader: info.replicas.first().copied() })
+            }
+        }
+    }
+}

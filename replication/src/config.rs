@@ -1,0 +1,66 @@
+//! `ReplicationConfig`: what the store loop needs to know about this node and its peers.
+
+use std::path::PathBuf;
+
+/// One member of the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Node id (never 0).
+    pub id: u64,
+    /// `host:port` of its native gRPC listener (clients and Raft traffic).
+    pub address: String,
+}
+
+/// Settings of the replication layer of one node.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// This node's id.
+    pub node_id: u64,
+    /// Root of the node's data: `raft/` (raft-engine) and `partitions/<topic>-<n>/`.
+    pub data_dir: PathBuf,
+    /// Every node of the initial cluster, this one included.
+    pub peers: Vec<PeerConfig>,
+    /// Raft tick period.
+    pub tick_ms: u64,
+    /// Ticks without a leader before a follower campaigns (randomised up to twice this).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// How often partition logs are flushed (fsynced) so the Raft log can be trimmed.
+    pub flush_interval_ms: u64,
+    /// Largest record batch accepted by a partition.
+    pub batch_bytes_max: usize,
+    /// Segment size of partition logs unless a topic says otherwise.
+    pub segment_bytes: u64,
+    /// Bound of the store loop's inbox; when full, proposals get `Overloaded`.
+    pub inbox_capacity: usize,
+}
+
+impl ReplicationConfig {
+    /// A single-node configuration with the given data directory and address.
+    pub fn single_node(data_dir: PathBuf, address: String) -> ReplicationConfig {
+        ReplicationConfig {
+            node_id: 1,
+            data_dir,
+            peers: vec![PeerConfig { id: 1, address }],
+            ..ReplicationConfig::default()
+        }
+    }
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("./data"),
+            peers: vec![PeerConfig { id: 1, address: "127.0.0.1:9300".into() }],
+            tick_ms: 50,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            flush_interval_ms: 1000,
+            batch_bytes_max: 1024 * 1024 + 12,
+            segment_bytes: 1 << 30,
+            inbox_capacity: 8192,
+        }
+    }
+}

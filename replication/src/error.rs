@@ -1,0 +1,49 @@
+//! The crate's error type: each variant is something a caller (the server, a façade) acts on.
+
+use crate::ids::NodeId;
+
+/// Result alias of the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong when asking the cluster for something.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This node does not lead the group; `leader` is the leader if known.
+    #[error("not the leader{}", leader.map(|l| format!("; node {l} is")).unwrap_or_default())]
+    NotLeader {
+        /// The current leader, when this node knows it.
+        leader: Option<NodeId>,
+    },
+    /// The group cannot make progress (no quorum reachable) within the request's time.
+    #[error("no quorum: the group did not commit in time")]
+    Timeout,
+    /// The topic does not exist.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// The topic exists but not this partition.
+    #[error("topic {topic:?} has no partition {partition}")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition asked for.
+        partition: u32,
+    },
+    /// A topic of that name exists.
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    /// The request is malformed or asks for something impossible.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The log refused the batch or the read (bad batch, offset out of range, corruption…).
+    #[error(transparent)]
+    Log(#[from] log_store::Error),
+    /// The node's inbox is full: retry later (backpressure).
+    #[error("the node is overloaded; retry")]
+    Overloaded,
+    /// The node is shutting down.
+    #[error("the node is stopping")]
+    Stopped,
+    /// The Raft log store failed; the node cannot continue safely.
+    #[error("raft log store: {0}")]
+    Engine(String),
+}

@@ -1,0 +1,180 @@
+//! A partition replica: the partition's `log-store` log plus what the rest of the node reads.
+//!
+//! Committed Raft entries are appended here in Raft order, which assigns offsets — the same
+//! offsets on every replica. The log is flushed every `flush_interval_ms`; after each flush the
+//! pair (applied Raft index, log next offset) is recorded in raft-engine. On restart the log is
+//! cut back to that recorded offset and the entries after that index are applied again, so a
+//! crash never leaves log data that the Raft log cannot account for.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log_store::batch::{self, Validation};
+use log_store::{CleanupPolicy, Log, LogConfig, LogReader, Offset};
+use raft::eraftpb::Entry;
+use raft_engine::LogBatch;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::catalog::{PartitionInfo, TopicConfig};
+use crate::config::ReplicationConfig;
+use crate::error::{Error, Result};
+use crate::ids::{GroupId, NodeId};
+use crate::raft_storage::{ApplyState, GroupStorage};
+
+/// What the rest of the node may see of a local partition replica.
+#[derive(Debug)]
+pub(crate) struct PartitionHandle {
+    pub group: GroupId,
+    pub reader: LogReader,
+    /// The group's leader as this replica last heard, 0 when unknown.
+    pub leader: AtomicU64,
+    /// Next offset after the last applied (committed) batch: the high watermark.
+    pub high_watermark: watch::Sender<u64>,
+    /// Rules a batch must pass before it is proposed.
+    pub validation: Validation,
+    pub batch_bytes_max: usize,
+}
+
+impl PartitionHandle {
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.leader.load(Ordering::Acquire) {
+            0 => None,
+            id => Some(NodeId(id)),
+        }
+    }
+}
+
+/// The replica as the store loop owns it.
+pub(crate) struct PartitionReplica {
+    pub handle: Arc<PartitionHandle>,
+    pub dir: PathBuf,
+    log: Log,
+    flush_interval: Duration,
+    last_flush: Instant,
+    applied_since_flush: bool,
+    segments_at_last_compaction: usize,
+}
+
+impl PartitionReplica {
+    /// Opens the replica's log and returns it with the Raft index it has applied up to.
+    pub fn open(
+        config: &ReplicationConfig,
+        topic: &str,
+        topic_config: &TopicConfig,
+        info: &PartitionInfo,
+        storage: &GroupStorage,
+    ) -> Result<(PartitionReplica, u64)> {
+        let dir = config.data_dir.join("partitions").join(format!("{topic}-{}", info.partition));
+        let batch_bytes_max = topic_config.max_message_bytes.map_or(config.batch_bytes_max, |max| max as usize);
+        let log_config = LogConfig {
+            segment_bytes_max: topic_config.segment_bytes.unwrap_or(config.segment_bytes),
+            retention_ms: topic_config.retention_ms,
+            retention_bytes: topic_config.retention_bytes,
+            cleanup_policy: if topic_config.compacted { CleanupPolicy::Compact } else { CleanupPolicy::Delete },
+            batch_bytes_max: batch_bytes_max.max(config.batch_bytes_max),
+            ..LogConfig::default()
+        };
+        let validation = Validation {
+            require_keys: topic_config.compacted,
+            decompressed_bytes_max: log_config.decompressed_bytes_max,
+        };
+        let mut log = Log::open(&dir, log_config)?;
+        let applied = match storage.apply_state() {
+            Some(state) => {
+                if log.next_offset().0 < state.next_offset {
+                    return Err(Error::Engine(format!(
+                        "partition log {} ends at {} but offset {} was recorded as flushed",
+                        dir.display(),
+                        log.next_offset(),
+                        state.next_offset
+                    )));
+                }
+                let cut = log.next_offset().0 - state.next_offset;
+                log.truncate_suffix(Offset(state.next_offset))?;
+                if cut > 0 {
+                    info!(partition = %dir.display(), records = cut, "dropped log records past the last recorded flush; they are re-applied from the Raft log");
+                }
+                state.applied_index
+            }
+            None => {
+                log.truncate_suffix(Offset(0))?;
+                0
+            }
+        };
+        let handle = Arc::new(PartitionHandle {
+            group: info.group,
+            reader: log.reader(),
+            leader: AtomicU64::new(0),
+            high_watermark: watch::Sender::new(log.next_offset().0),
+            validation,
+            batch_bytes_max,
+        });
+        let replica = PartitionReplica {
+            handle,
+            dir,
+            log,
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            last_flush: Instant::now(),
+            applied_since_flush: false,
+            segments_at_last_compaction: 1,
+        };
+        Ok((replica, applied))
+    }
+
+    /// Appends a committed entry's batch; the leader epoch is the entry's term.
+    ///
+    /// Returns `Ok(Err(..))` for a batch every replica refuses alike (deterministic, skipped) and
+    /// `Err(..)` for a local failure (disk), which stops this replica.
+    pub fn apply(&mut self, entry: &Entry) -> Result<Result<(Offset, Offset)>> {
+        let mut data = entry.data.to_vec();
+        if data.len() < batch::HEADER_LEN {
+            return Ok(Err(Error::InvalidRequest("entry is not a record batch".into())));
+        }
+        batch::set_partition_leader_epoch(&mut data, entry.term as i32);
+        match self.log.append(&mut data) {
+            Ok(appended) => {
+                self.applied_since_flush = true;
+                self.handle.high_watermark.send_replace(appended.last_offset.0 + 1);
+                Ok(Ok((appended.base_offset, appended.last_offset)))
+            }
+            Err(error @ (log_store::Error::Io { .. } | log_store::Error::Poisoned { .. })) => Err(error.into()),
+            Err(refused) => Ok(Err(refused.into())),
+        }
+    }
+
+    /// Flushes the log when due and stages the new apply state for the loop's next write.
+    /// Also runs retention and compaction at the same pace.
+    pub fn maybe_flush(&mut self, applied_index: u64, storage: &GroupStorage, batch: &mut LogBatch) -> Result<()> {
+        if self.last_flush.elapsed() < self.flush_interval {
+            return Ok(());
+        }
+        self.last_flush = Instant::now();
+        if let Err(error) = self.log.apply_retention() {
+            warn!(partition = %self.dir.display(), %error, "retention failed");
+        }
+        // Compaction rereads the whole log: run it only when a segment was sealed since the last run.
+        let segments = self.handle.reader.segments().len();
+        if segments > self.segments_at_last_compaction {
+            if let Err(error) = self.log.compact() {
+                warn!(partition = %self.dir.display(), %error, "compaction failed");
+            }
+            self.segments_at_last_compaction = self.handle.reader.segments().len();
+        }
+        if !self.applied_since_flush {
+            return Ok(());
+        }
+        let next_offset = self.log.flush()?.0;
+        storage.stage_apply_state(batch, ApplyState { applied_index, next_offset })?;
+        self.applied_since_flush = false;
+        Ok(())
+    }
+
+    /// Flushes everything (shutdown) and stages the apply state.
+    pub fn flush_now(&mut self, applied_index: u64, storage: &GroupStorage, batch: &mut LogBatch) -> Result<()> {
+        let next_offset = self.log.flush()?.0;
+        storage.stage_apply_state(batch, ApplyState { applied_index, next_offset })
+    }
+}

@@ -1,0 +1,180 @@
+//! raft-rs `Storage` for one group, over the node's shared raft-engine.
+//!
+//! Entries live in raft-engine under the group id; the hard state, conf state and apply state
+//! are raft-engine key-values of the group. This struct caches the hard and conf state (raft-rs
+//! reads them only at start) and reads entries straight from the engine.
+
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use raft_engine::{Engine, LogBatch, MessageExt};
+
+use crate::error::{Error, Result};
+
+const HARD_STATE_KEY: &[u8] = b"hard_state";
+const CONF_STATE_KEY: &[u8] = b"conf_state";
+const APPLY_STATE_KEY: &[u8] = b"apply_state";
+
+/// Tells raft-engine how to find the index of a raft-rs entry.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EntryExt;
+
+impl MessageExt for EntryExt {
+    type Entry = Entry;
+
+    fn index(entry: &Entry) -> u64 {
+        entry.index
+    }
+}
+
+/// Where a partition's log stood the last time it was flushed: the Raft entries up to
+/// `applied_index` are durably in the log, which then ended at `next_offset`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ApplyState {
+    pub applied_index: u64,
+    pub next_offset: u64,
+}
+
+/// One group's view of the raft-engine.
+pub(crate) struct GroupStorage {
+    engine: Arc<Engine>,
+    group: u64,
+    hard_state: HardState,
+    conf_state: ConfState,
+}
+
+impl GroupStorage {
+    /// Loads a group's state; `voters` initialises a group the engine has never seen.
+    pub fn open(engine: Arc<Engine>, group: u64, voters: &[u64]) -> Result<(GroupStorage, bool)> {
+        let hard_state: Option<HardState> = engine.get_message(group, HARD_STATE_KEY).map_err(engine_error)?;
+        let conf_state: Option<ConfState> = engine.get_message(group, CONF_STATE_KEY).map_err(engine_error)?;
+        let existed = conf_state.is_some();
+        let conf_state = match conf_state {
+            Some(conf_state) => conf_state,
+            None => {
+                let mut conf_state = ConfState::default();
+                conf_state.voters = voters.to_vec();
+                let mut batch = LogBatch::default();
+                batch.put_message(group, CONF_STATE_KEY.to_vec(), &conf_state).map_err(engine_error)?;
+                engine.write(&mut batch, true).map_err(engine_error)?;
+                conf_state
+            }
+        };
+        Ok((GroupStorage { engine, group, hard_state: hard_state.unwrap_or_default(), conf_state }, existed))
+    }
+
+    /// Adds this group's new entries and hard state to the loop's batch.
+    pub fn stage(&mut self, batch: &mut LogBatch, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()> {
+        if !entries.is_empty() {
+            batch.add_entries::<EntryExt>(self.group, entries).map_err(engine_error)?;
+        }
+        if let Some(hard_state) = hard_state {
+            batch.put_message(self.group, HARD_STATE_KEY.to_vec(), hard_state).map_err(engine_error)?;
+            self.hard_state = hard_state.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a new conf state (after a conf change was applied).
+    pub fn stage_conf_state(&mut self, batch: &mut LogBatch, conf_state: ConfState) -> Result<()> {
+        batch.put_message(self.group, CONF_STATE_KEY.to_vec(), &conf_state).map_err(engine_error)?;
+        self.conf_state = conf_state;
+        Ok(())
+    }
+
+    /// Records where the partition log stood at its last flush.
+    pub fn stage_apply_state(&self, batch: &mut LogBatch, state: ApplyState) -> Result<()> {
+        let mut value = Vec::with_capacity(16);
+        value.extend_from_slice(&state.applied_index.to_be_bytes());
+        value.extend_from_slice(&state.next_offset.to_be_bytes());
+        batch.put(self.group, APPLY_STATE_KEY.to_vec(), value).map_err(engine_error)
+    }
+
+    /// The apply state recorded by the last flush, if any.
+    pub fn apply_state(&self) -> Option<ApplyState> {
+        let value = self.engine.get(self.group, APPLY_STATE_KEY)?;
+        if value.len() != 16 {
+            return None;
+        }
+        Some(ApplyState {
+            applied_index: u64::from_be_bytes(value[..8].try_into().ok()?),
+            next_offset: u64::from_be_bytes(value[8..].try_into().ok()?),
+        })
+    }
+
+    /// Removes everything the engine holds for this group (the topic was deleted).
+    pub fn clean(&self, batch: &mut LogBatch) {
+        batch.add_command(self.group, raft_engine::Command::Clean);
+    }
+
+    fn entry_term(&self, index: u64) -> raft::Result<Option<u64>> {
+        let entry = self.engine.get_entry::<EntryExt>(self.group, index).map_err(raft_error)?;
+        Ok(entry.map(|entry| entry.term))
+    }
+}
+
+impl Storage for GroupStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState { hard_state: self.hard_state.clone(), conf_state: self.conf_state.clone() })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first_index()? {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        let mut entries = Vec::with_capacity((high - low) as usize);
+        let max_size = max_size.into().map(|size| size as usize);
+        self.engine.fetch_entries_to::<EntryExt>(self.group, low, high, max_size, &mut entries).map_err(raft_error)?;
+        Ok(entries)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        if index == 0 {
+            return Ok(0);
+        }
+        match self.entry_term(index)? {
+            Some(term) => Ok(term),
+            None if index < self.first_index()? => Err(raft::Error::Store(StorageError::Compacted)),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.engine.first_index(self.group).unwrap_or(1))
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.engine.last_index(self.group).unwrap_or(0))
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The Raft log is not compacted yet, so a follower never needs a snapshot.
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
+pub(crate) fn engine_error(error: raft_engine::Error) -> Error {
+    Error::Engine(error.to_string())
+}
+
+fn raft_error(error: raft_engine::Error) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(error)))
+}
+
+/// Encodes a raft-rs message for the wire.
+pub(crate) fn encode_message(message: &raft::eraftpb::Message) -> Vec<u8> {
+    message.write_to_bytes().unwrap_or_default()
+}
+
+/// Decodes a raft-rs message from the wire.
+pub(crate) fn decode_message(bytes: &[u8]) -> Option<raft::eraftpb::Message> {
+    raft::eraftpb::Message::parse_from_bytes(bytes).ok()
+}

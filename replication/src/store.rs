@@ -1,0 +1,477 @@
+//! The store loop: one thread that drives every Raft group of the node.
+//!
+//! Each iteration: take what arrived (Raft messages, proposals), tick if a tick is due, then
+//! collect the `Ready` of every group with work, write all their entries and hard states in
+//! **one raft-engine batch with one fsync**, apply committed entries, and send the messages
+//! coalesced per destination node — the ones that must follow persistence only after the fsync.
+//!
+//! # Invariants
+//! * A proposal's reply is sent only after its entry is committed and applied on this node.
+//! * Entries are applied in index order, exactly once per start of the node (the partition's
+//!   apply state makes restarts resume at a consistent point).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use log_store::Offset;
+use raft::eraftpb::{Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use raft_engine::{Engine, LogBatch};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::catalog::{Catalog, Change, Command, NodeInfo, TopicInfo};
+use crate::cluster::{Cluster, Shared};
+use crate::config::ReplicationConfig;
+use crate::error::{Error, Result};
+use crate::ids::{GroupId, NodeId, METADATA_GROUP};
+use crate::partition::PartitionReplica;
+use crate::raft_storage::{engine_error, GroupStorage};
+use crate::transport::{RaftService, Transport};
+
+/// Most inbox messages handled before the loop looks at the groups again.
+const INBOX_DRAIN_MAX: usize = 4096;
+/// Largest total size of entries in one append message.
+const RAFT_MESSAGE_BYTES_MAX: u64 = 1 << 20;
+/// In-flight append messages per follower.
+const RAFT_INFLIGHT_MESSAGES_MAX: usize = 256;
+/// Proposed-but-uncommitted bytes a leader accepts before it refuses proposals.
+const UNCOMMITTED_BYTES_MAX: u64 = 64 << 20;
+
+/// What a proposal resolves to once applied.
+#[derive(Debug)]
+pub(crate) enum Applied {
+    Offsets(Offset, Offset),
+    Topic(TopicInfo),
+    Deleted,
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<Applied>>;
+
+/// Messages into the store loop.
+pub(crate) enum StoreMsg {
+    Raft(Vec<(u64, Message)>),
+    Propose { group: GroupId, data: Vec<u8>, reply: Reply },
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum Kind {
+    Metadata,
+    Partition(Box<PartitionReplica>),
+}
+
+struct Group {
+    raw: RawNode<GroupStorage>,
+    kind: Kind,
+    /// Proposals waiting for their entry: index → (term, reply).
+    pending: BTreeMap<u64, (u64, Reply)>,
+    /// Applying failed locally (disk): the group stops applying until restart.
+    failed: bool,
+}
+
+impl Group {
+    fn fail_pending(&mut self, leader: Option<NodeId>) {
+        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
+            let _ = reply.send(Err(Error::NotLeader { leader }));
+        }
+    }
+}
+
+/// Starts the node's replication: opens raft-engine, the metadata group and the transport,
+/// and spawns the store loop thread. Must be called inside a tokio runtime.
+pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
+    let raft_dir = config.data_dir.join("raft");
+    std::fs::create_dir_all(&raft_dir)
+        .map_err(|e| Error::Engine(format!("cannot create {}: {e}", raft_dir.display())))?;
+    let engine_config = raft_engine::Config {
+        dir: raft_dir.to_string_lossy().into_owned(),
+        // Batches are mostly already-compressed record batches: do not compress again.
+        batch_compression_threshold: raft_engine::ReadableSize(0),
+        ..raft_engine::Config::default()
+    };
+    let engine = Arc::new(Engine::open(engine_config).map_err(engine_error)?);
+    let (inbox, receiver) = crossbeam_channel::bounded(config.inbox_capacity);
+    let nodes = config.peers.iter().map(|peer| NodeInfo { id: NodeId(peer.id), address: peer.address.clone() });
+    let shared = Arc::new(Shared {
+        node_id: NodeId(config.node_id),
+        catalog: RwLock::new(Catalog::new(nodes)),
+        partitions: RwLock::new(HashMap::new()),
+        metadata_leader: AtomicU64::new(0),
+        inbox: inbox.clone(),
+        peers: config.peers.iter().map(|peer| (NodeId(peer.id), peer.address.clone())).collect(),
+        stopped: AtomicBool::new(false),
+    });
+    let transport = Transport::start(config.node_id, &config.peers);
+    let voters: Vec<u64> = config.peers.iter().map(|peer| peer.id).collect();
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut store =
+        Store { config, engine, groups: HashMap::new(), shared: shared.clone(), transport, logger, inbox: receiver };
+    let (storage, existed) = GroupStorage::open(store.engine.clone(), METADATA_GROUP.0, &voters)?;
+    let mut raw =
+        RawNode::new(&store.raft_config(0), storage, &store.logger).map_err(|e| Error::Engine(e.to_string()))?;
+    if !existed && voters.len() == 1 {
+        // A brand-new single-node cluster need not wait an election timeout.
+        let _ = raw.campaign();
+    }
+    store.groups.insert(METADATA_GROUP.0, Group { raw, kind: Kind::Metadata, pending: BTreeMap::new(), failed: false });
+    std::thread::Builder::new()
+        .name("store-loop".into())
+        .spawn(move || store.run())
+        .map_err(|e| Error::Engine(format!("cannot start the store loop: {e}")))?;
+    Ok((Cluster::new(shared), RaftService::new(inbox)))
+}
+
+struct Store {
+    config: ReplicationConfig,
+    engine: Arc<Engine>,
+    groups: HashMap<u64, Group>,
+    shared: Arc<Shared>,
+    transport: Transport,
+    logger: slog::Logger,
+    inbox: Receiver<StoreMsg>,
+}
+
+impl Store {
+    fn raft_config(&self, applied: u64) -> raft::Config {
+        raft::Config {
+            id: self.config.node_id,
+            election_tick: self.config.election_ticks,
+            heartbeat_tick: self.config.heartbeat_ticks,
+            applied,
+            max_size_per_msg: RAFT_MESSAGE_BYTES_MAX,
+            max_inflight_msgs: RAFT_INFLIGHT_MESSAGES_MAX,
+            max_uncommitted_size: UNCOMMITTED_BYTES_MAX,
+            check_quorum: true,
+            pre_vote: true,
+            batch_append: true,
+            ..raft::Config::default()
+        }
+    }
+
+    fn run(mut self) {
+        info!(node = self.config.node_id, "store loop started");
+        let tick = Duration::from_millis(self.config.tick_ms);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match self.inbox.recv_timeout(wait) {
+                Ok(message) => Some(message),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut shutdown = None;
+            let inbox = self.inbox.clone();
+            for message in first.into_iter().chain(inbox.try_iter().take(INBOX_DRAIN_MAX)) {
+                match message {
+                    StoreMsg::Shutdown(done) => shutdown = Some(done),
+                    other => self.handle(other),
+                }
+            }
+            if Instant::now() >= next_tick {
+                for group in self.groups.values_mut() {
+                    group.raw.tick();
+                }
+                next_tick = Instant::now() + tick;
+            }
+            if let Err(error) = self.process_readies() {
+                error!(%error, "the Raft log store failed; stopping the node's store loop");
+                self.shared.stopped.store(true, Ordering::Release);
+                return;
+            }
+            if let Some(done) = shutdown {
+                self.shutdown();
+                let _ = done.send(());
+                return;
+            }
+        }
+        self.shutdown();
+    }
+
+    fn handle(&mut self, message: StoreMsg) {
+        match message {
+            StoreMsg::Raft(messages) => {
+                for (group, message) in messages {
+                    if let Some(group) = self.groups.get_mut(&group) {
+                        let _ = group.raw.step(message);
+                    }
+                }
+            }
+            StoreMsg::Propose { group, data, reply } => {
+                let Some(target) = self.groups.get_mut(&group.0) else {
+                    let _ = reply.send(Err(Error::NotLeader { leader: None }));
+                    return;
+                };
+                if target.raw.raft.state != StateRole::Leader {
+                    let leader = Some(target.raw.raft.leader_id).filter(|id| *id != 0).map(NodeId);
+                    let _ = reply.send(Err(Error::NotLeader { leader }));
+                    return;
+                }
+                if let Err(error) = target.raw.propose(Vec::new(), data) {
+                    let _ = reply.send(Err(match error {
+                        raft::Error::ProposalDropped => Error::Overloaded,
+                        other => Error::Engine(other.to_string()),
+                    }));
+                    return;
+                }
+                let index = target.raw.raft.raft_log.last_index();
+                target.pending.insert(index, (target.raw.raft.term, reply));
+            }
+            StoreMsg::Shutdown(_) => {}
+        }
+    }
+
+    fn process_readies(&mut self) -> Result<()> {
+        let mut batch = LogBatch::default();
+        let mut outbound: HashMap<u64, Vec<(u64, Message)>> = HashMap::new();
+        let mut after_persist: Vec<(u64, Message)> = Vec::new();
+        let mut readies = Vec::new();
+        let mut changes = Vec::new();
+        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        for id in ids {
+            let group = self.groups.get_mut(&id).expect("listed");
+            if !group.raw.has_ready() {
+                continue;
+            }
+            let mut ready = group.raw.ready();
+            if let Some(soft) = ready.ss() {
+                let leader = Some(soft.leader_id).filter(|id| *id != 0).map(NodeId);
+                match &group.kind {
+                    Kind::Metadata => self.shared.metadata_leader.store(soft.leader_id, Ordering::Release),
+                    Kind::Partition(replica) => replica.handle.leader.store(soft.leader_id, Ordering::Release),
+                }
+                if soft.raft_state != StateRole::Leader {
+                    group.fail_pending(leader);
+                }
+            }
+            for message in ready.take_messages() {
+                outbound.entry(message.to).or_default().push((id, message));
+            }
+            if !ready.snapshot().is_empty() {
+                warn!(group = id, "received a snapshot, which this version cannot install");
+            }
+            let committed = ready.take_committed_entries();
+            changes.extend(Self::apply(&self.shared, group, id, &committed, &mut batch));
+            let hard_state = ready.hs().cloned();
+            group.raw.mut_store().stage(&mut batch, ready.entries(), hard_state.as_ref())?;
+            after_persist.extend(ready.take_persisted_messages().into_iter().map(|m| (id, m)));
+            readies.push((id, ready));
+        }
+        for (id, group) in self.groups.iter_mut() {
+            if let Kind::Partition(replica) = &mut group.kind {
+                let applied = group.raw.raft.raft_log.applied;
+                if let Err(error) = replica.maybe_flush(applied, group.raw.store(), &mut batch) {
+                    error!(group = id, %error, "flushing a partition log failed; the replica stops applying");
+                    group.failed = true;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.engine.write(&mut batch, true).map_err(engine_error)?;
+        }
+        for (id, message) in after_persist {
+            outbound.entry(message.to).or_default().push((id, message));
+        }
+        for (id, ready) in readies {
+            let group = self.groups.get_mut(&id).expect("listed");
+            let mut light = group.raw.advance(ready);
+            for message in light.take_messages() {
+                outbound.entry(message.to).or_default().push((id, message));
+            }
+            let committed = light.take_committed_entries();
+            let mut late = LogBatch::default();
+            changes.extend(Self::apply(&self.shared, group, id, &committed, &mut late));
+            if !late.is_empty() {
+                self.engine.write(&mut late, true).map_err(engine_error)?;
+            }
+            group.raw.advance_apply();
+        }
+        for (to, messages) in outbound {
+            self.transport.send(to, messages);
+        }
+        for change in changes {
+            self.on_catalog_change(change);
+        }
+        Ok(())
+    }
+
+    /// Applies committed entries of one group, answering the proposals they resolve.
+    fn apply(shared: &Shared, group: &mut Group, id: u64, entries: &[Entry], batch: &mut LogBatch) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for entry in entries {
+            let waiting = group.pending.remove(&entry.index);
+            // Proposals older than this entry were overwritten by another leader.
+            let stale: Vec<u64> = group.pending.range(..entry.index).map(|(index, _)| *index).collect();
+            for index in stale {
+                if let Some((_, reply)) = group.pending.remove(&index) {
+                    let _ = reply.send(Err(Error::NotLeader { leader: None }));
+                }
+            }
+            let reply = match waiting {
+                Some((term, reply)) if term == entry.term => Some(reply),
+                Some((_, reply)) => {
+                    let _ = reply.send(Err(Error::NotLeader { leader: None }));
+                    None
+                }
+                None => None,
+            };
+            if entry.get_entry_type() != EntryType::EntryNormal {
+                Self::apply_conf_change(group, entry, batch);
+                continue;
+            }
+            if entry.data.is_empty() || group.failed {
+                continue;
+            }
+            let result = match &mut group.kind {
+                Kind::Metadata => match serde_json::from_slice::<Command>(&entry.data) {
+                    Ok(command) => {
+                        let applied = shared.catalog.write().unwrap_or_else(|p| p.into_inner()).apply(&command);
+                        applied.map(|change| {
+                            let answer = match &change {
+                                Change::TopicCreated(topic) => Applied::Topic(topic.clone()),
+                                Change::TopicDeleted(_) => Applied::Deleted,
+                            };
+                            changes.push(change);
+                            answer
+                        })
+                    }
+                    Err(error) => Err(Error::InvalidRequest(format!("undecodable metadata command: {error}"))),
+                },
+                Kind::Partition(replica) => match replica.apply(entry) {
+                    Ok(outcome) => outcome.map(|(base, last)| Applied::Offsets(base, last)),
+                    Err(error) => {
+                        error!(group = id, %error, "applying to the partition log failed; the replica stops applying");
+                        group.failed = true;
+                        Err(error)
+                    }
+                },
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+        changes
+    }
+
+    fn apply_conf_change(group: &mut Group, entry: &Entry, batch: &mut LogBatch) {
+        use protobuf::Message as _;
+        let conf_state = match entry.get_entry_type() {
+            EntryType::EntryConfChange => raft::eraftpb::ConfChange::parse_from_bytes(&entry.data)
+                .ok()
+                .and_then(|change| group.raw.apply_conf_change(&change).ok()),
+            _ => raft::eraftpb::ConfChangeV2::parse_from_bytes(&entry.data)
+                .ok()
+                .and_then(|change| group.raw.apply_conf_change(&change).ok()),
+        };
+        if let Some(conf_state) = conf_state {
+            if let Err(error) = group.raw.mut_store().stage_conf_state(batch, conf_state) {
+                error!(%error, "cannot record a conf change");
+            }
+        }
+    }
+
+    /// Creates or removes the local replicas a catalog change asks for.
+    fn on_catalog_change(&mut self, change: Change) {
+        let me = NodeId(self.config.node_id);
+        match change {
+            Change::TopicCreated(topic) => {
+                for info in &topic.partitions {
+                    if !info.replicas.contains(&me) || self.groups.contains_key(&info.group.0) {
+                        continue;
+                    }
+                    if let Err(error) = self.create_replica(&topic, info.partition) {
+                        error!(topic = %topic.name, partition = info.partition, %error, "cannot create the local replica");
+                    }
+                }
+            }
+            Change::TopicDeleted(topic) => {
+                for info in &topic.partitions {
+                    let Some(mut group) = self.groups.remove(&info.group.0) else { continue };
+                    group.fail_pending(None);
+                    let mut batch = LogBatch::default();
+                    group.raw.store().clean(&mut batch);
+                    if let Err(error) = self.engine.write(&mut batch, true) {
+                        error!(%error, "cannot clean a deleted group from the Raft log store");
+                    }
+                    self.shared
+                        .partitions
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&(topic.name.clone(), info.partition));
+                    if let Kind::Partition(replica) = group.kind {
+                        let dir = replica.dir.clone();
+                        drop(replica);
+                        remove_dir(&dir);
+                    }
+                }
+            }
+        }
+    }
+
+    fn create_replica(&mut self, topic: &TopicInfo, partition: u32) -> Result<()> {
+        let info = &topic.partitions[partition as usize];
+        let voters: Vec<u64> = info.replicas.iter().map(|node| node.0).collect();
+        let (storage, existed) = GroupStorage::open(self.engine.clone(), info.group.0, &voters)?;
+        let (replica, applied) = PartitionReplica::open(&self.config, &topic.name, &topic.config, info, &storage)?;
+        let mut raw = RawNode::new(&self.raft_config(applied), storage, &self.logger)
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        if !existed && info.replicas[0].0 == self.config.node_id {
+            // The preferred leader campaigns at once, which spreads leaders as placement does.
+            let _ = raw.campaign();
+        }
+        self.shared
+            .partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((topic.name.clone(), partition), replica.handle.clone());
+        self.groups.insert(
+            info.group.0,
+            Group { raw, kind: Kind::Partition(Box::new(replica)), pending: BTreeMap::new(), failed: false },
+        );
+        Ok(())
+    }
+
+    /// Flushes every partition log and records the apply states (graceful stop).
+    fn shutdown(&mut self) {
+        let mut batch = LogBatch::default();
+        for (id, group) in self.groups.iter_mut() {
+            group.fail_pending(None);
+            if let Kind::Partition(replica) = &mut group.kind {
+                let applied = group.raw.raft.raft_log.applied;
+                if let Err(error) = replica.flush_now(applied, group.raw.store(), &mut batch) {
+                    error!(group = id, %error, "final flush failed");
+                }
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(error) = self.engine.write(&mut batch, true) {
+                error!(%error, "final write to the Raft log store failed");
+            }
+        }
+        self.shared.stopped.store(true, Ordering::Release);
+        info!(node = self.config.node_id, "store loop stopped");
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(dir) {
+        warn!(dir = %dir.display(), %error, "cannot remove a deleted partition's directory");
+    }
+}
+
+/// Sends a message to the store loop without blocking: a full inbox is backpressure.
+pub(crate) fn try_send(inbox: &Sender<StoreMsg>, message: StoreMsg) -> Result<()> {
+    inbox.try_send(message).map_err(|error| match error {
+        crossbeam_channel::TrySendError::Full(_) => Error::Overloaded,
+        crossbeam_channel::TrySendError::Disconnected(_) => Error::Stopped,
+    })
+}
+
+impl Shared {
+    pub(crate) fn propose_command(&self, command: &Command) -> Result<Vec<u8>> {
+        serde_json::to_vec(command).map_err(|e| Error::InvalidRequest(e.to_string()))
+    }
+}

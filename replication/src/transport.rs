@@ -1,0 +1,134 @@
+//! Node-to-node transport: one long-lived gRPC stream per peer carrying batched Raft messages.
+//!
+//! Outbound, each peer has a bounded queue and a task that (re)connects with backoff and pumps
+//! the queue into a `Raft.Stream` call; when the queue is full, messages are dropped — Raft
+//! retransmits, so dropping is safe and keeps a dead peer from growing memory. Inbound, the
+//! `RaftService` decodes batches and hands them to the store loop without blocking.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use proto::v1::raft_client::RaftClient;
+use proto::v1::raft_server::Raft;
+use proto::v1::{RaftAck, RaftBatch, RaftEnvelope};
+use raft::eraftpb::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info};
+
+use crate::config::PeerConfig;
+use crate::raft_storage::{decode_message, encode_message};
+use crate::store::StoreMsg;
+
+/// Batches queued per peer before new ones are dropped.
+const PEER_QUEUE_BATCHES: usize = 1024;
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The sending side, owned by the store loop.
+pub(crate) struct Transport {
+    node_id: u64,
+    peers: HashMap<u64, mpsc::Sender<RaftBatch>>,
+}
+
+impl Transport {
+    /// Starts one connection task per peer (inside the current tokio runtime).
+    pub fn start(node_id: u64, peers: &[PeerConfig]) -> Transport {
+        let mut senders = HashMap::new();
+        for peer in peers.iter().filter(|peer| peer.id != node_id) {
+            let (sender, queue) = mpsc::channel(PEER_QUEUE_BATCHES);
+            tokio::spawn(peer_link(peer.id, peer.address.clone(), queue));
+            senders.insert(peer.id, sender);
+        }
+        Transport { node_id, peers: senders }
+    }
+
+    /// Queues messages for a peer; drops them if its queue is full or the peer is unknown.
+    pub fn send(&self, to: u64, messages: Vec<(u64, Message)>) {
+        let Some(peer) = self.peers.get(&to) else { return };
+        let envelopes = messages
+            .iter()
+            .map(|(group, message)| RaftEnvelope { group_id: *group, message: encode_message(message).into() })
+            .collect();
+        if peer.try_send(RaftBatch { from_node: self.node_id, envelopes }).is_err() {
+            debug!(peer = to, "peer queue full or closed; dropping Raft messages");
+        }
+    }
+}
+
+async fn peer_link(peer: u64, address: String, mut queue: mpsc::Receiver<RaftBatch>) {
+    let mut backoff = RECONNECT_BACKOFF_MIN;
+    loop {
+        let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
+            Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
+            Err(error) => {
+                tracing::error!(peer, %address, %error, "invalid peer address; not connecting");
+                return;
+            }
+        };
+        let mut client = match RaftClient::connect(endpoint).await {
+            Ok(client) => client,
+            Err(_) => {
+                // Messages queued while the peer is unreachable are stale by the time it returns.
+                while queue.try_recv().is_ok() {}
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        info!(peer, %address, "connected to peer");
+        backoff = RECONNECT_BACKOFF_MIN;
+        let (stream_sender, stream) = mpsc::channel(64);
+        let mut call = tokio::spawn(async move { client.stream(ReceiverStream::new(stream)).await });
+        loop {
+            tokio::select! {
+                batch = queue.recv() => match batch {
+                    Some(batch) => if stream_sender.send(batch).await.is_err() { break },
+                    None => return,
+                },
+                _ = &mut call => break,
+            }
+        }
+        info!(peer, %address, "stream to peer ended; reconnecting");
+    }
+}
+
+/// The inbound side of the `Raft` gRPC service.
+#[derive(Clone)]
+pub struct RaftService {
+    inbox: Sender<StoreMsg>,
+}
+
+impl RaftService {
+    pub(crate) fn new(inbox: Sender<StoreMsg>) -> RaftService {
+        RaftService { inbox }
+    }
+
+    /// The tonic service to mount on the node's gRPC server.
+    pub fn into_server(self) -> proto::v1::raft_server::RaftServer<RaftService> {
+        proto::v1::raft_server::RaftServer::new(self).max_decoding_message_size(16 << 20)
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn stream(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            let messages: Vec<(u64, Message)> = batch
+                .envelopes
+                .iter()
+                .filter_map(|envelope| decode_message(&envelope.message).map(|m| (envelope.group_id, m)))
+                .collect();
+            if messages.len() != batch.envelopes.len() {
+                debug!(from = batch.from_node, "dropped undecodable Raft messages");
+            }
+            if self.inbox.try_send(StoreMsg::Raft(messages)).is_err() {
+                debug!(from = batch.from_node, "store inbox full; dropping Raft messages");
+            }
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+}
