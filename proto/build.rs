@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     println!("cargo:rerun-if-changed=proto/robustmq.proto");
-    tonic_prost_build::configure().compile_protos(&["proto/robustmq.proto"], &["proto"])?;
+    // `bytes` fields as `bytes::Bytes`: record batches pass through without copies.
+    tonic_prost_build::configure().bytes(".").compile_protos(&["proto/robustmq.proto"], &["proto"])?;
     Ok(())
 }

@@ -1,1 +1,255 @@
-//! Rust client for the native gRPC API. Empty until issue 3.
+//! `client`: the Rust client of RobustMQ's native gRPC API (port 9300).
+//!
+//! Any node answers any request: nodes forward appends and fetches to partition leaders and
+//! topic changes to the metadata leader. The client adds what a node cannot: it retries across
+//! the bootstrap nodes while a leader is being elected or a node is down, until a deadline.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), client::Error> {
+//! let client = client::Client::new(vec!["127.0.0.1:9300".into()]);
+//! client.create_topic("orders", 3, 3).await?;
+//! let (base, last) = client.produce("orders", 0, &[client::record(None, b"hello")]).await?;
+//! let fetched = client.fetch("orders", 0, base, 1 << 20, 0).await?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use log_store::batch::{BatchBuilder, Compression, NewRecord, Record};
+use proto::v1::broker_client::BrokerClient;
+use proto::v1::{
+    ClusterStatusRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest,
+    ListTopicsRequest, ProduceRequest,
+};
+pub use proto::v1::{ClusterStatusResponse, FetchResponse, TopicConfig, TopicDescription};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// How long a call keeps retrying transient failures (no leader yet, node down).
+const RETRY_DEADLINE: Duration = Duration::from_secs(20);
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(20);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Largest response the client accepts.
+const RESPONSE_BYTES_MAX: usize = 64 << 20;
+
+/// What a call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The cluster answered with an error that retrying will not fix.
+    #[error("{code:?}: {message}")]
+    Rejected {
+        /// gRPC status code (NotFound: unknown topic, InvalidArgument: bad batch, OutOfRange…).
+        code: Code,
+        /// The server's explanation.
+        message: String,
+    },
+    /// No node could serve the call before the retry deadline.
+    #[error("gave up after retrying: {0}")]
+    Unavailable(String),
+    /// A fetched batch does not decode.
+    #[error("bad batch from the server: {0}")]
+    Decode(#[from] log_store::Error),
+}
+
+/// A record with an optional key and a value, timestamped now.
+pub fn record(key: Option<&[u8]>, value: &[u8]) -> NewRecord {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    NewRecord {
+        key: key.map(Bytes::copy_from_slice),
+        value: Some(Bytes::copy_from_slice(value)),
+        headers: Vec::new(),
+        timestamp: now,
+    }
+}
+
+/// A client of one cluster. Cheap to share behind an `Arc`; connections are cached per node.
+pub struct Client {
+    bootstrap: Vec<String>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Client {
+    /// A client that reaches the cluster through any of `bootstrap` (`host:port` each).
+    pub fn new(bootstrap: Vec<String>) -> Client {
+        Client { bootstrap, channels: Mutex::new(HashMap::new()) }
+    }
+
+    /// Creates a topic; `replication_factor` 0 takes the cluster default.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+    ) -> Result<TopicDescription, Error> {
+        self.create_topic_with_config(name, partitions, replication_factor, TopicConfig::default()).await
+    }
+
+    /// Creates a topic with settings.
+    pub async fn create_topic_with_config(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        config: TopicConfig,
+    ) -> Result<TopicDescription, Error> {
+        let request = CreateTopicRequest { name: name.into(), partitions, replication_factor, config: Some(config) };
+        let response = self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.create_topic(r).await }
+            })
+            .await?;
+        Ok(response.topic.unwrap_or_default())
+    }
+
+    /// Deletes a topic.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        let request = DeleteTopicRequest { name: name.into() };
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.delete_topic(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every topic.
+    pub async fn list_topics(&self) -> Result<Vec<TopicDescription>, Error> {
+        Ok(self.call(|mut c| async move { c.list_topics(ListTopicsRequest {}).await }).await?.topics)
+    }
+
+    /// One topic with its partitions, leaders and offsets.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, Error> {
+        let request = DescribeTopicRequest { name: name.into() };
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.describe_topic(r).await }
+        })
+        .await
+    }
+
+    /// Appends records as one batch; returns the first and last offset they got. Completes
+    /// once a majority of replicas hold the batch.
+    pub async fn produce(&self, topic: &str, partition: u32, records: &[NewRecord]) -> Result<(u64, u64), Error> {
+        let mut builder = BatchBuilder::new(Compression::None);
+        for record in records {
+            builder.push(record);
+        }
+        let batch = builder.build()?;
+        self.produce_batch(topic, partition, batch).await
+    }
+
+    /// Appends one already-built RecordBatch v2.
+    pub async fn produce_batch(&self, topic: &str, partition: u32, batch: Vec<u8>) -> Result<(u64, u64), Error> {
+        let request = ProduceRequest { topic: topic.into(), partition, batch: batch.into() };
+        let response = self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.produce(r).await }
+            })
+            .await?;
+        Ok((response.base_offset, response.last_offset))
+    }
+
+    /// Whole batches from `offset`, waiting up to `max_wait_ms` for data to arrive.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<FetchResponse, Error> {
+        let request = FetchRequest { topic: topic.into(), partition, offset, max_bytes, max_wait_ms };
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.fetch(r).await }
+        })
+        .await
+    }
+
+    /// Decoded records from `offset` on (possibly none), and the partition's high watermark.
+    pub async fn fetch_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<(Vec<Record>, u64), Error> {
+        let response = self.fetch(topic, partition, offset, max_bytes, max_wait_ms).await?;
+        let mut records = Vec::new();
+        for batch in log_store::batch::batches(response.batches) {
+            for record in batch?.records(64 << 20)? {
+                let record = record?;
+                if record.offset.0 >= offset {
+                    records.push(record);
+                }
+            }
+        }
+        Ok((records, response.high_watermark))
+    }
+
+    /// The cluster as the answering node sees it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, Error> {
+        self.call(|mut c| async move { c.cluster_status(ClusterStatusRequest {}).await }).await
+    }
+
+    /// Runs a call against the bootstrap nodes in turn, retrying transient failures.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: Fn(BrokerClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + RETRY_DEADLINE;
+        let mut backoff = RETRY_BACKOFF_MIN;
+        let mut attempt = 0usize;
+        let mut last_error = String::from("no bootstrap node");
+        while tokio::time::Instant::now() < deadline {
+            let address = &self.bootstrap[attempt % self.bootstrap.len().max(1)];
+            attempt += 1;
+            match self.channel(address) {
+                Ok(channel) => {
+                    let client = BrokerClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX);
+                    match call(client).await {
+                        Ok(response) => return Ok(response.into_inner()),
+                        Err(status) if is_transient(&status) => last_error = format!("{address}: {}", status.message()),
+                        Err(status) => {
+                            return Err(Error::Rejected { code: status.code(), message: status.message().to_string() })
+                        }
+                    }
+                }
+                Err(error) => last_error = format!("{address}: {error}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+        }
+        Err(Error::Unavailable(last_error))
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Failures that another attempt (after an election, on another node) may not see.
+fn is_transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Unknown | Code::Aborted
+    ) && !status.message().contains("too large")
+}

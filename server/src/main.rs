@@ -1,15 +1,27 @@
-//! `robustmq`: the node binary. It only wires configuration, logging and subcommands; every
-//! capability lives in a library crate.
+//! `robustmq`: the node binary and its command-line client. It only wires configuration,
+//! logging, listeners and subcommands; every capability lives in a library crate.
 //!
-//! Today a node opens its data directory and waits for a shutdown signal: replication (issue 3)
-//! and the protocol façades (issues 4+) plug in here as they land.
+//! # Layout
+//! * `config` — embedded defaults, TOML file, flags.
+//! * `node` — `serve`: replication, the gRPC and admin listeners, graceful shutdown.
+//! * `broker` — the native client API, with one-hop forwarding to leaders.
+//! * `admin`, `metrics` — `/health`, `/metrics`, `/cluster`.
+//! * `cli` — topic, produce, consume and cluster subcommands.
+
+mod admin;
+mod broker;
+mod cli;
+mod config;
+mod metrics;
+mod node;
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing::info;
 use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Connection, ConsumeArgs, ProduceArgs, TopicCommand};
+use crate::config::{NodeConfig, Peer};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -26,54 +38,119 @@ struct Cli {
 enum Command {
     /// Run a node (the default when no subcommand is given).
     Serve(ServeArgs),
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Write stdin, one record per line, to a topic partition.
+    Produce {
+        #[command(flatten)]
+        args: ProduceArgs,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Print a topic partition's records, one per line.
+    Consume {
+        #[command(flatten)]
+        args: ConsumeArgs,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Cluster membership and state.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The nodes and who leads the metadata group.
+    Status,
+}
+
+/// Flags of `serve`; each overrides the config file, which overrides the embedded defaults.
 #[derive(Debug, Default, clap::Args)]
 struct ServeArgs {
-    /// This node's id in the cluster.
-    #[arg(long, env = "ROBUSTMQ_NODE_ID", default_value_t = 1)]
-    node_id: u64,
-    /// Where the node keeps its logs.
-    #[arg(long, env = "ROBUSTMQ_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
+    /// TOML configuration file (see config/ for examples).
+    #[arg(long, env = "ROBUSTMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Where the node keeps its data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen address of the native gRPC API.
+    #[arg(long)]
+    grpc_listen: Option<String>,
+    /// Address other nodes and clients reach this node at.
+    #[arg(long)]
+    advertised_address: Option<String>,
+    /// Listen address of the HTTP admin API.
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// A member of the initial cluster as ID=HOST:PORT; repeat for each (this node included).
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<Peer>,
+}
+
+fn parse_peer(text: &str) -> Result<Peer, String> {
+    let (id, address) = text.split_once('=').ok_or("expected ID=HOST:PORT")?;
+    let id = id.parse().map_err(|_| format!("bad node id {id:?}"))?;
+    Ok(Peer { id, address: address.to_string() })
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<NodeConfig> {
+        let mut config = match &self.config {
+            Some(path) => NodeConfig::from_file(path)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(node_id) = self.node_id {
+            config.node_id = node_id;
+        }
+        if let Some(data_dir) = self.data_dir {
+            config.data_dir = data_dir;
+        }
+        if let Some(grpc_listen) = self.grpc_listen {
+            config.grpc_listen = grpc_listen;
+        }
+        if let Some(advertised) = self.advertised_address {
+            config.advertised_address = Some(advertised);
+        }
+        if let Some(admin_listen) = self.admin_listen {
+            config.admin_listen = admin_listen;
+        }
+        if !self.peers.is_empty() {
+            config.peers = self.peers;
+        }
+        Ok(config)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(ServeArgs { node_id: 1, data_dir: PathBuf::from("./data") })) {
-        Command::Serve(args) => serve(args),
-    }
-}
-
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
-    let probe = args.data_dir.join(".write-probe");
-    std::fs::write(&probe, b"ok")
-        .with_context(|| format!("the data directory {} is not writable", args.data_dir.display()))?;
-    std::fs::remove_file(&probe).ok();
-    info!(node_id = args.node_id, data_dir = %args.data_dir.display(), "node started; no listeners yet (replication and façades are not built)");
-    wait_for_shutdown_signal()?;
-    info!("shutdown signal received; stopping");
-    Ok(())
-}
-
-/// Blocks until SIGINT or SIGTERM arrives (no polling: the thread sleeps in `sigwait`).
-fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    // SAFETY: plain libc calls on a locally owned, initialised signal set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let status = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        anyhow::ensure!(status == 0, "cannot block shutdown signals: error {status}");
-        let mut received: libc::c_int = 0;
-        let status = libc::sigwait(&set, &mut received);
-        anyhow::ensure!(status == 0, "sigwait failed: error {status}");
-    }
-    Ok(())
+    let serving = matches!(cli.command, None | Some(Command::Serve(_)));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(if serving { "info" } else { "warn" })),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+            Command::Serve(args) => node::serve(args.into_config()?).await,
+            Command::Topic { command, connection } => cli::topic(&connection, command).await,
+            Command::Produce { args, connection } => cli::produce(&connection, args).await,
+            Command::Consume { args, connection } => cli::consume(&connection, args).await,
+            Command::Cluster { command: ClusterCommand::Status, connection } => cli::cluster_status(&connection).await,
+        }
+    })
 }

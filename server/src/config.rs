@@ -1,0 +1,170 @@
+//! Node configuration: embedded defaults, a TOML file, then command-line flags, in that order.
+//!
+//! Every field has a default, so `robustmq` with no file and no flag is a one-node cluster
+//! with data in `./data`. See `docs/operations.md` for the reference and `config/` for examples.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// One member of the cluster.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Node id.
+    pub id: u64,
+    /// `host:port` of its gRPC listener, as other nodes and clients reach it.
+    pub address: String,
+}
+
+/// Raft timing.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    /// Raft tick period in milliseconds.
+    pub tick_ms: u64,
+    /// Ticks without a leader before an election.
+    pub election_ticks: usize,
+    /// Ticks between heartbeats.
+    pub heartbeat_ticks: usize,
+    /// How often partition logs are fsynced (the Raft log holds everything since).
+    pub flush_interval_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        let defaults = replication::ReplicationConfig::default();
+        RaftSettings {
+            tick_ms: defaults.tick_ms,
+            election_ticks: defaults.election_ticks,
+            heartbeat_ticks: defaults.heartbeat_ticks,
+            flush_interval_ms: defaults.flush_interval_ms,
+        }
+    }
+}
+
+/// The whole node configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's id (not 0).
+    pub node_id: u64,
+    /// Where the node keeps its data.
+    pub data_dir: PathBuf,
+    /// Address the native gRPC API (clients and node-to-node traffic) listens on.
+    pub grpc_listen: String,
+    /// Address other nodes and clients use for this node; defaults to 127.0.0.1 and the gRPC port.
+    pub advertised_address: Option<String>,
+    /// Address of the HTTP admin listener (`/health`, `/metrics`, `/cluster`).
+    pub admin_listen: String,
+    /// Every node of the initial cluster, this one included; empty means a one-node cluster.
+    pub peers: Vec<Peer>,
+    /// Largest record batch a partition accepts, in bytes.
+    pub batch_bytes_max: usize,
+    /// Raft timing.
+    pub raft: RaftSettings,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("./data"),
+            grpc_listen: "0.0.0.0:9300".into(),
+            advertised_address: None,
+            admin_listen: "0.0.0.0:8080".into(),
+            peers: Vec::new(),
+            batch_bytes_max: replication::ReplicationConfig::default().batch_bytes_max,
+            raft: RaftSettings::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<NodeConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// The address other nodes reach this one at.
+    pub fn advertised(&self) -> anyhow::Result<String> {
+        if let Some(address) = &self.advertised_address {
+            return Ok(address.clone());
+        }
+        let listen: SocketAddr =
+            self.grpc_listen.parse().with_context(|| format!("grpc_listen {:?} is not host:port", self.grpc_listen))?;
+        Ok(format!("127.0.0.1:{}", listen.port()))
+    }
+
+    /// Checks the configuration and turns it into the replication layer's.
+    pub fn replication(&self) -> anyhow::Result<replication::ReplicationConfig> {
+        if self.node_id == 0 {
+            bail!("node_id must not be 0");
+        }
+        self.grpc_listen
+            .parse::<SocketAddr>()
+            .with_context(|| format!("grpc_listen {:?} is not host:port", self.grpc_listen))?;
+        self.admin_listen
+            .parse::<SocketAddr>()
+            .with_context(|| format!("admin_listen {:?} is not host:port", self.admin_listen))?;
+        let mut peers: Vec<replication::PeerConfig> = if self.peers.is_empty() {
+            vec![replication::PeerConfig { id: self.node_id, address: self.advertised()? }]
+        } else {
+            self.peers.iter().map(|p| replication::PeerConfig { id: p.id, address: p.address.clone() }).collect()
+        };
+        peers.sort_by_key(|p| p.id);
+        if peers.windows(2).any(|pair| pair[0].id == pair[1].id) {
+            bail!("peers lists a node id twice");
+        }
+        if peers.iter().any(|p| p.id == 0) {
+            bail!("peer ids must not be 0");
+        }
+        if !peers.iter().any(|p| p.id == self.node_id) {
+            bail!("peers does not include this node (node_id {})", self.node_id);
+        }
+        if self.raft.tick_ms == 0
+            || self.raft.heartbeat_ticks == 0
+            || self.raft.election_ticks <= self.raft.heartbeat_ticks
+        {
+            bail!("raft timing: tick_ms and heartbeat_ticks must be > 0 and election_ticks > heartbeat_ticks");
+        }
+        Ok(replication::ReplicationConfig {
+            node_id: self.node_id,
+            data_dir: self.data_dir.clone(),
+            peers,
+            tick_ms: self.raft.tick_ms,
+            election_ticks: self.raft.election_ticks,
+            heartbeat_ticks: self.raft.heartbeat_ticks,
+            flush_interval_ms: self.raft.flush_interval_ms,
+            batch_bytes_max: self.batch_bytes_max,
+            ..replication::ReplicationConfig::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_make_a_one_node_cluster() {
+        let replication = NodeConfig::default().replication().unwrap();
+        assert_eq!(replication.node_id, 1);
+        assert_eq!(replication.peers, vec![replication::PeerConfig { id: 1, address: "127.0.0.1:9300".into() }]);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        assert!(toml::from_str::<NodeConfig>("node_idd = 3").is_err(), "unknown keys are errors");
+        let config: NodeConfig = toml::from_str("node_id = 4\n[[peers]]\nid = 1\naddress = \"127.0.0.1:1\"\n").unwrap();
+        assert!(config.replication().unwrap_err().to_string().contains("does not include this node"));
+        let config = NodeConfig { node_id: 0, ..NodeConfig::default() };
+        assert!(config.replication().is_err());
+        let config = NodeConfig { grpc_listen: "nonsense".into(), ..NodeConfig::default() };
+        assert!(config.replication().is_err());
+    }
+}
