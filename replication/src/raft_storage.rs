@@ -65,6 +65,14 @@ impl GroupStorage {
         Ok((GroupStorage { engine, group, hard_state: hard_state.unwrap_or_default(), conf_state }, existed))
     }
 
+    /// Entries up to `applied` were committed before they were applied: make sure the hard
+    /// state says so, since raft-rs refuses an applied index above the commit index.
+    pub fn ensure_committed(&mut self, applied: u64) {
+        if self.hard_state.commit < applied {
+            self.hard_state.commit = applied;
+        }
+    }
+
     /// Adds this group's new entries and hard state to the loop's batch.
     pub fn stage(&mut self, batch: &mut LogBatch, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()> {
         if !entries.is_empty() {

@@ -278,16 +278,24 @@ impl Store {
         for (id, ready) in readies {
             let group = self.groups.get_mut(&id).expect("listed");
             let mut light = group.raw.advance(ready);
+            let mut late = LogBatch::default();
+            if light.commit_index().is_some() {
+                // The commit index moved without a new Ready: persist it, or a restart would
+                // see an apply state ahead of the recorded commit.
+                let hard_state = group.raw.raft.hard_state();
+                group.raw.mut_store().stage(&mut late, &[], Some(&hard_state))?;
+            }
             for message in light.take_messages() {
                 outbound.entry(message.to).or_default().push((id, message));
             }
             let committed = light.take_committed_entries();
-            let mut late = LogBatch::default();
             changes.extend(Self::apply(&self.shared, group, id, &committed, &mut late));
-            if !late.is_empty() {
-                self.engine.write(&mut late, true).map_err(engine_error)?;
-            }
             group.raw.advance_apply();
+            if !late.is_empty() {
+                // Not fsynced on its own: the loop's next synced write makes it durable, and
+                // nothing depends on it before then.
+                self.engine.write(&mut late, false).map_err(engine_error)?;
+            }
         }
         for (to, messages) in outbound {
             self.transport.send(to, messages);
@@ -415,7 +423,9 @@ impl Store {
         let info = &topic.partitions[partition as usize];
         let voters: Vec<u64> = info.replicas.iter().map(|node| node.0).collect();
         let (storage, existed) = GroupStorage::open(self.engine.clone(), info.group.0, &voters)?;
+        let (mut storage, existed) = (storage, existed);
         let (replica, applied) = PartitionReplica::open(&self.config, &topic.name, &topic.config, info, &storage)?;
+        storage.ensure_committed(applied);
         let mut raw = RawNode::new(&self.raft_config(applied), storage, &self.logger)
             .map_err(|e| Error::Engine(e.to_string()))?;
         if !existed && info.replicas[0].0 == self.config.node_id {
