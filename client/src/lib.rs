@@ -70,12 +70,19 @@ pub fn record(key: Option<&[u8]>, value: &[u8]) -> NewRecord {
 pub struct Client {
     bootstrap: Vec<String>,
     channels: Mutex<HashMap<String, Channel>>,
+    retry_deadline: Duration,
 }
 
 impl Client {
     /// A client that reaches the cluster through any of `bootstrap` (`host:port` each).
     pub fn new(bootstrap: Vec<String>) -> Client {
-        Client { bootstrap, channels: Mutex::new(HashMap::new()) }
+        Client { bootstrap, channels: Mutex::new(HashMap::new()), retry_deadline: RETRY_DEADLINE }
+    }
+
+    /// Sets how long a call keeps retrying transient failures (default 20 s).
+    pub fn with_retry_deadline(mut self, deadline: Duration) -> Client {
+        self.retry_deadline = deadline;
+        self
     }
 
     /// Creates a topic; `replication_factor` 0 takes the cluster default.
@@ -205,7 +212,7 @@ impl Client {
         F: Fn(BrokerClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = tokio::time::Instant::now() + RETRY_DEADLINE;
+        let deadline = tokio::time::Instant::now() + self.retry_deadline;
         let mut backoff = RETRY_BACKOFF_MIN;
         let mut attempt = 0usize;
         let mut last_error = String::from("no bootstrap node");

@@ -54,8 +54,7 @@ impl GroupStorage {
         let conf_state = match conf_state {
             Some(conf_state) => conf_state,
             None => {
-                let mut conf_state = ConfState::default();
-                conf_state.voters = voters.to_vec();
+                let conf_state = ConfState { voters: voters.to_vec(), ..ConfState::default() };
                 let mut batch = LogBatch::default();
                 batch.put_message(group, CONF_STATE_KEY.to_vec(), &conf_state).map_err(engine_error)?;
                 engine.write(&mut batch, true).map_err(engine_error)?;

@@ -59,10 +59,17 @@ impl BrokerService {
     }
 
     /// The node to forward to after `error`, if forwarding is allowed and makes sense.
+    ///
+    /// An unknown topic goes to the metadata leader: this node may not have applied a catalog
+    /// change the client already saw acknowledged, so only the metadata leader's "unknown" is
+    /// final.
     fn forward_target(&self, error: &Error, forwarded: bool) -> Option<NodeId> {
+        let me = self.cluster.node_id();
         match error {
-            Error::NotLeader { leader: Some(leader) } if !forwarded && *leader != self.cluster.node_id() => {
-                Some(*leader)
+            _ if forwarded => None,
+            Error::NotLeader { leader: Some(leader) } if *leader != me => Some(*leader),
+            Error::UnknownTopic(_) | Error::UnknownPartition { .. } => {
+                self.cluster.metadata_leader().filter(|l| *l != me)
             }
             _ => None,
         }
@@ -77,6 +84,21 @@ fn marked<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
     request
+}
+
+impl BrokerService {
+    /// Maps an error this node could not forward. "Unknown topic" is final only from the
+    /// metadata leader; a node that knows of no leader (starting, cut off) cannot tell yet.
+    fn status(&self, error: Error) -> Status {
+        match error {
+            Error::UnknownTopic(_) | Error::UnknownPartition { .. }
+                if self.cluster.metadata_leader() != Some(self.cluster.node_id()) =>
+            {
+                Status::unavailable(format!("{error} (as far as this node knows; no metadata leader reachable yet)"))
+            }
+            other => status(other),
+        }
+    }
 }
 
 /// Maps the cluster's errors to gRPC codes a client can act on.
@@ -156,7 +178,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let was_forwarded = forwarded(&request);
         let message = request.into_inner();
-        let config = message.config.clone().unwrap_or_default();
+        let config = message.config.unwrap_or_default();
         let config = replication::TopicConfig {
             retention_ms: config.retention_ms,
             retention_bytes: config.retention_bytes,
@@ -169,7 +191,7 @@ impl Broker for BrokerService {
             Ok(topic) => Ok(Response::new(CreateTopicResponse { topic: Some(describe(&self.cluster, &topic)) })),
             Err(error) => match self.forward_target(&error, was_forwarded) {
                 Some(leader) => self.peer(leader)?.create_topic(marked(message)).await,
-                None => Err(status(error)),
+                None => Err(self.status(error)),
             },
         }
     }
@@ -184,7 +206,7 @@ impl Broker for BrokerService {
             Ok(()) => Ok(Response::new(DeleteTopicResponse {})),
             Err(error) => match self.forward_target(&error, was_forwarded) {
                 Some(leader) => self.peer(leader)?.delete_topic(marked(message)).await,
-                None => Err(status(error)),
+                None => Err(self.status(error)),
             },
         }
     }
@@ -199,10 +221,19 @@ impl Broker for BrokerService {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
-        let name = request.into_inner().name;
+        let was_forwarded = forwarded(&request);
+        let message = request.into_inner();
         let catalog = self.cluster.catalog();
-        let topic = catalog.topics.get(&name).ok_or_else(|| status(Error::UnknownTopic(name.clone())))?;
-        Ok(Response::new(describe(&self.cluster, topic)))
+        match catalog.topics.get(&message.name) {
+            Some(topic) => Ok(Response::new(describe(&self.cluster, topic))),
+            None => {
+                let error = Error::UnknownTopic(message.name.clone());
+                match self.forward_target(&error, was_forwarded) {
+                    Some(leader) => self.peer(leader)?.describe_topic(marked(message)).await,
+                    None => Err(self.status(error)),
+                }
+            }
+        }
     }
 
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
@@ -224,7 +255,7 @@ impl Broker for BrokerService {
                 }
                 None => {
                     self.metrics.produce_requests.with_label_values(&["error"]).inc();
-                    Err(status(error))
+                    Err(self.status(error))
                 }
             },
         }
@@ -248,7 +279,7 @@ impl Broker for BrokerService {
                 Some(leader) => self.peer(leader)?.fetch(marked(message)).await,
                 None => {
                     self.metrics.fetch_requests.with_label_values(&["error"]).inc();
-                    Err(status(error))
+                    Err(self.status(error))
                 }
             },
         }

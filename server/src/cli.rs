@@ -306,7 +306,7 @@ pub async fn cluster_status(connection: &Connection) -> anyhow::Result<()> {
             })
         ),
         Output::Table => {
-            println!("{:>6} {:<24} {}", "NODE", "ADDRESS", "ROLE");
+            println!("{:>6} {:<24} ROLE", "NODE", "ADDRESS");
             for node in &status.nodes {
                 let role = if status.metadata_leader == Some(node.id) { "metadata leader" } else { "" };
                 println!("{:>6} {:<24} {}", node.id, node.address, role);

@@ -1,0 +1,166 @@
+//! Real `robustmq` node processes on loopback: start, kill -9, stop, restart.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::Client;
+
+pub struct Node {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub grpc: String,
+    pub admin: String,
+    child: Option<Child>,
+    starts: u32,
+}
+
+/// A cluster of node processes that are all killed when it is dropped.
+pub struct TestCluster {
+    pub nodes: Vec<Node>,
+    peers: Vec<String>,
+    _root: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl TestCluster {
+    pub fn start(size: u64) -> TestCluster {
+        let root = tempfile::tempdir().unwrap();
+        let nodes: Vec<Node> = (1..=size)
+            .map(|id| Node {
+                id,
+                dir: root.path().join(format!("node{id}")),
+                grpc: format!("127.0.0.1:{}", free_port()),
+                admin: format!("127.0.0.1:{}", free_port()),
+                child: None,
+                starts: 0,
+            })
+            .collect();
+        let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
+        let mut cluster = TestCluster { nodes, peers, _root: root };
+        for id in 1..=size {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// Starts (or starts again) a node with the same data directory and ports.
+    pub fn restart(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        let node = &mut self.nodes[(id - 1) as usize];
+        assert!(node.child.is_none(), "node {id} is running");
+        node.starts += 1;
+        std::fs::create_dir_all(&node.dir).unwrap();
+        let log = std::fs::File::create(node.dir.with_extension(format!("log{}", node.starts))).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_robustmq"));
+        command
+            .args(["serve", "--node-id", &id.to_string(), "--data-dir"])
+            .arg(&node.dir)
+            .args(["--grpc-listen", &node.grpc, "--admin-listen", &node.admin])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for peer in &peers {
+            command.args(["--peer", peer]);
+        }
+        node.child = Some(command.spawn().unwrap());
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = node.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = node.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().unwrap();
+            assert!(status.success(), "node {id} exited with {status} after SIGTERM");
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.nodes.iter().map(|n| n.grpc.clone()).collect())
+    }
+
+    /// A client talking to one node only.
+    pub fn client_of(&self, id: u64) -> Client {
+        Client::new(vec![self.node(id).grpc.clone()])
+    }
+
+    /// Waits until the metadata group has a leader, as seen through any node.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = self.client().with_retry_deadline(Duration::from_secs(2));
+        while Instant::now() < deadline {
+            if let Ok(status) = client.cluster_status().await {
+                if status.metadata_leader.is_some() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the cluster never elected a metadata leader");
+    }
+
+    /// The partition's data directory on a node.
+    pub fn partition_dir(&self, id: u64, topic: &str, partition: u32) -> PathBuf {
+        self.node(id).dir.join("partitions").join(format!("{topic}-{partition}"))
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // ROBUSTMQ_TEST_KEEP=1 keeps the data directories and node logs for a post-mortem.
+        if std::env::var_os("ROBUSTMQ_TEST_KEEP").is_some() {
+            if let Ok(empty) = tempfile::tempdir() {
+                let kept = std::mem::replace(&mut self._root, empty).keep();
+                eprintln!("node data and logs kept in {}", kept.display());
+            }
+        }
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Every record value in a partition directory, read with the log-store directly (the node
+/// must be stopped). Offsets are checked to be dense from 0.
+pub fn replica_values(dir: &Path) -> Vec<String> {
+    let log = log_store::Log::open(dir, log_store::LogConfig::default()).unwrap();
+    let reader = log.reader();
+    let mut from = reader.log_start_offset();
+    let mut values = Vec::new();
+    loop {
+        let bytes = reader.read(from, 1 << 20).unwrap();
+        if bytes.is_empty() {
+            return values;
+        }
+        for batch in log_store::batch::batches(bytes) {
+            let batch = batch.unwrap();
+            for record in batch.records(1 << 24).unwrap() {
+                let record = record.unwrap();
+                assert_eq!(record.offset.0, values.len() as u64, "offsets are dense");
+                values.push(String::from_utf8(record.value.unwrap().to_vec()).unwrap());
+            }
+            from = log_store::Offset(batch.header().last_offset().0 + 1);
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Black-box tests of real node processes on loopback, through the project's own client.
+
+mod bad_input;
+mod failover;
+mod harness;
+mod quorum;
