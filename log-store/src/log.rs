@@ -130,9 +130,42 @@ impl Log {
             decompressed_bytes_max: self.config.decompressed_bytes_max,
         };
         let header = batch::validate(batch, rules)?;
-        let record_count = header.last_offset_delta as u64 + 1;
-        self.maybe_roll(batch.len() as u64, record_count, header.max_timestamp)?;
         let base_offset = self.shared.next_offset.load(Ordering::Relaxed);
+        self.write_batch(batch, header, base_offset)
+    }
+
+    /// Appends a batch copied from another replica's log, keeping its base offset (which may
+    /// skip offsets that compaction removed there). Only framing and CRC are checked: the batch
+    /// was validated when it was first appended. Used to install a replica from a snapshot.
+    pub fn append_stored(&mut self, batch: &mut [u8]) -> Result<Appended> {
+        self.check_not_poisoned()?;
+        let header = BatchHeader::parse(batch)?;
+        if header.total_len() != batch.len() {
+            return Err(Error::MalformedBatch("batch length does not match the bytes given"));
+        }
+        batch::verify_crc(&header, batch)?;
+        let next_offset = self.shared.next_offset.load(Ordering::Relaxed);
+        if header.base_offset < 0 || (header.base_offset as u64) < next_offset {
+            return Err(Error::InvalidRecord("a stored batch must not go below the log's next offset"));
+        }
+        let base_offset = header.base_offset as u64;
+        self.write_batch(batch, header, base_offset)
+    }
+
+    /// Empties the log and starts it again at `offset` (a replica adopting a leader's log that
+    /// no longer reaches back to its own end).
+    pub fn reset(&mut self, offset: Offset) -> Result<()> {
+        self.check_not_poisoned()?;
+        let result = self.restart_at(offset.0);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn write_batch(&mut self, batch: &mut [u8], header: BatchHeader, base_offset: u64) -> Result<Appended> {
+        let record_count = header.last_offset_delta as u64 + 1;
+        self.maybe_roll(batch.len() as u64, base_offset + record_count, header.max_timestamp)?;
         batch::set_base_offset(batch, Offset(base_offset));
         let stamped = BatchHeader { base_offset: base_offset as i64, ..header };
         if let Err(error) = self.active.write_at(batch, self.position) {
@@ -164,7 +197,7 @@ impl Log {
     /// past the segment's first batch (Kafka's rule: record time, not wall-clock time, so a
     /// backlog of old records does not roll on every append), or when relative offsets would
     /// overflow the 32-bit index entries.
-    fn maybe_roll(&mut self, batch_len: u64, record_count: u64, max_timestamp: i64) -> Result<()> {
+    fn maybe_roll(&mut self, batch_len: u64, end_offset: u64, max_timestamp: i64) -> Result<()> {
         if self.position == 0 {
             return Ok(());
         }
@@ -173,8 +206,7 @@ impl Log {
             .cursor
             .first_timestamp
             .is_some_and(|first| max_timestamp.saturating_sub(first) >= self.config.segment_ms);
-        let next_offset = self.shared.next_offset.load(Ordering::Relaxed);
-        let offsets_exhausted = next_offset + record_count - self.active.base_offset > u32::MAX as u64;
+        let offsets_exhausted = end_offset - self.active.base_offset > u32::MAX as u64;
         if full || old || offsets_exhausted {
             self.roll()?;
         }

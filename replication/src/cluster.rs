@@ -33,6 +33,20 @@ pub(crate) struct Shared {
     pub stopped: AtomicBool,
 }
 
+impl Shared {
+    /// The address of a node's native API, from the catalog or the configured peers.
+    pub(crate) fn address_of(&self, node: NodeId) -> Option<String> {
+        let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
+        catalog.nodes.get(&node).map(|n| n.address.clone()).or_else(|| self.peers.get(&node).cloned())
+    }
+
+    /// The local replica of a partition group.
+    pub(crate) fn partition_by_group(&self, group: u64) -> Option<Arc<PartitionHandle>> {
+        let partitions = self.partitions.read().unwrap_or_else(|p| p.into_inner());
+        partitions.values().find(|handle| handle.group.0 == group).cloned()
+    }
+}
+
 /// Whole batches read from a partition, with the partition's bounds at the time of the read.
 #[derive(Clone, Debug)]
 pub struct FetchResult {
@@ -73,8 +87,7 @@ impl Cluster {
 
     /// The address of a node's native API, from the catalog or the configured peers.
     pub fn address_of(&self, node: NodeId) -> Option<String> {
-        let catalog = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner());
-        catalog.nodes.get(&node).map(|n| n.address.clone()).or_else(|| self.shared.peers.get(&node).cloned())
+        self.shared.address_of(node)
     }
 
     /// A copy of the replicated catalog as this node has applied it.

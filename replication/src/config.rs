@@ -28,6 +28,9 @@ pub struct ReplicationConfig {
     pub heartbeat_ticks: usize,
     /// How often partition logs are flushed (fsynced) so the Raft log can be trimmed.
     pub flush_interval_ms: u64,
+    /// Raft entries kept behind the flushed point for followers that lag; one further behind
+    /// is brought up to date with a snapshot instead.
+    pub log_retained_entries: u64,
     /// Largest record batch accepted by a partition.
     pub batch_bytes_max: usize,
     /// Segment size of partition logs unless a topic says otherwise.
@@ -58,6 +61,7 @@ impl Default for ReplicationConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             flush_interval_ms: 1000,
+            log_retained_entries: 10_000,
             batch_bytes_max: 1024 * 1024 + 12,
             segment_bytes: 1 << 30,
             inbox_capacity: 8192,

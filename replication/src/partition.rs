@@ -145,11 +145,17 @@ impl PartitionReplica {
         }
     }
 
-    /// Flushes the log when due and stages the new apply state for the loop's next write.
-    /// Also runs retention and compaction at the same pace.
-    pub fn maybe_flush(&mut self, applied_index: u64, storage: &GroupStorage, batch: &mut LogBatch) -> Result<()> {
+    /// Flushes the log when due and stages the new apply state for the loop's next write
+    /// (returned, so the caller can trim the Raft log up to it). Also runs retention and
+    /// compaction at the same pace.
+    pub fn maybe_flush(
+        &mut self,
+        applied_index: u64,
+        storage: &GroupStorage,
+        batch: &mut LogBatch,
+    ) -> Result<Option<ApplyState>> {
         if self.last_flush.elapsed() < self.flush_interval {
-            return Ok(());
+            return Ok(None);
         }
         self.last_flush = Instant::now();
         if let Err(error) = self.log.apply_retention() {
@@ -164,12 +170,41 @@ impl PartitionReplica {
             self.segments_at_last_compaction = self.handle.reader.segments().len();
         }
         if !self.applied_since_flush {
-            return Ok(());
+            return Ok(None);
         }
         let next_offset = self.log.flush()?.0;
-        storage.stage_apply_state(batch, ApplyState { applied_index, next_offset })?;
+        let state = ApplyState { applied_index, next_offset };
+        storage.stage_apply_state(batch, state)?;
         self.applied_since_flush = false;
+        Ok(Some(state))
+    }
+
+    /// The offset the next applied batch gets.
+    pub fn next_offset(&self) -> u64 {
+        self.log.next_offset().0
+    }
+
+    /// Appends batches pulled from another replica for a snapshot; returns the new next offset.
+    pub fn install(&mut self, batches: bytes::Bytes) -> Result<u64> {
+        for stored in batch::batches(batches) {
+            let stored = stored?;
+            self.log.append_stored(&mut stored.bytes().to_vec())?;
+        }
+        self.handle.high_watermark.send_replace(self.log.next_offset().0);
+        Ok(self.log.next_offset().0)
+    }
+
+    /// Restarts the log empty at `offset` (the snapshot source no longer has our end).
+    pub fn reset(&mut self, offset: u64) -> Result<()> {
+        self.log.reset(Offset(offset))?;
+        self.handle.high_watermark.send_replace(offset);
         Ok(())
+    }
+
+    /// Makes the installed snapshot data durable before the Raft state says it is there.
+    pub fn flush_snapshot(&mut self) -> Result<u64> {
+        self.applied_since_flush = false;
+        Ok(self.log.flush()?.0)
     }
 
     /// Flushes everything (shutdown) and stages the apply state.

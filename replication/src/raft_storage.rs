@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 const HARD_STATE_KEY: &[u8] = b"hard_state";
 const CONF_STATE_KEY: &[u8] = b"conf_state";
 const APPLY_STATE_KEY: &[u8] = b"apply_state";
+const TRUNCATED_STATE_KEY: &[u8] = b"truncated_state";
 
 /// Tells raft-engine how to find the index of a raft-rs entry.
 #[derive(Clone, Copy, Debug)]
@@ -37,12 +38,24 @@ pub(crate) struct ApplyState {
     pub next_offset: u64,
 }
 
+/// What a partition snapshot carries: its log is every batch below `next_offset`, pulled from
+/// a replica that has it (see `store::install_snapshot`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SnapshotData {
+    pub next_offset: u64,
+}
+
 /// One group's view of the raft-engine.
+///
+/// # Invariants
+/// `truncated` is the (index, term) of the last entry removed by compaction or covered by an
+/// installed snapshot; entries after it are in the engine.
 pub(crate) struct GroupStorage {
     engine: Arc<Engine>,
     group: u64,
     hard_state: HardState,
     conf_state: ConfState,
+    truncated: (u64, u64),
 }
 
 impl GroupStorage {
@@ -61,7 +74,13 @@ impl GroupStorage {
                 conf_state
             }
         };
-        Ok((GroupStorage { engine, group, hard_state: hard_state.unwrap_or_default(), conf_state }, existed))
+        let truncated = engine
+            .get(group, TRUNCATED_STATE_KEY)
+            .filter(|value| value.len() == 16)
+            .map(|value| (u64_at(&value, 0), u64_at(&value, 8)))
+            .unwrap_or((0, 0));
+        let storage = GroupStorage { engine, group, hard_state: hard_state.unwrap_or_default(), conf_state, truncated };
+        Ok((storage, existed))
     }
 
     /// Entries up to `applied` were committed before they were applied: make sure the hard
@@ -105,10 +124,42 @@ impl GroupStorage {
         if value.len() != 16 {
             return None;
         }
-        Some(ApplyState {
-            applied_index: u64::from_be_bytes(value[..8].try_into().ok()?),
-            next_offset: u64::from_be_bytes(value[8..].try_into().ok()?),
-        })
+        Some(ApplyState { applied_index: u64_at(&value, 0), next_offset: u64_at(&value, 8) })
+    }
+
+    /// Drops the entries before `index`: their effects are durably in the partition log.
+    pub fn compact(&mut self, batch: &mut LogBatch, index: u64) -> Result<()> {
+        let first = self.first_index().unwrap_or(1);
+        if index <= first {
+            return Ok(());
+        }
+        let term = self.term(index - 1).map_err(|e| Error::Engine(e.to_string()))?;
+        batch.add_command(self.group, raft_engine::Command::Compact { index });
+        self.stage_truncated(batch, (index - 1, term))
+    }
+
+    fn stage_truncated(&mut self, batch: &mut LogBatch, truncated: (u64, u64)) -> Result<()> {
+        let mut value = Vec::with_capacity(16);
+        value.extend_from_slice(&truncated.0.to_be_bytes());
+        value.extend_from_slice(&truncated.1.to_be_bytes());
+        batch.put(self.group, TRUNCATED_STATE_KEY.to_vec(), value).map_err(engine_error)?;
+        self.truncated = truncated;
+        Ok(())
+    }
+
+    /// Replaces the group's Raft state with an installed snapshot whose data (the partition log
+    /// up to `next_offset`) is already in place and flushed.
+    pub fn apply_snapshot(&mut self, batch: &mut LogBatch, snapshot: &Snapshot, next_offset: u64) -> Result<()> {
+        let metadata = snapshot.get_metadata();
+        batch.add_command(self.group, raft_engine::Command::Clean);
+        self.stage_truncated(batch, (metadata.index, metadata.term))?;
+        let conf_state = metadata.get_conf_state().clone();
+        self.stage_conf_state(batch, conf_state)?;
+        let mut hard_state = self.hard_state.clone();
+        hard_state.commit = hard_state.commit.max(metadata.index);
+        hard_state.term = hard_state.term.max(metadata.term);
+        self.stage(batch, &[], Some(&hard_state))?;
+        self.stage_apply_state(batch, ApplyState { applied_index: metadata.index, next_offset })
     }
 
     /// Removes everything the engine holds for this group (the topic was deleted).
@@ -144,8 +195,11 @@ impl Storage for GroupStorage {
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
-        if index == 0 {
-            return Ok(0);
+        if index == self.truncated.0 {
+            return Ok(self.truncated.1);
+        }
+        if index < self.truncated.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
         }
         match self.entry_term(index)? {
             Some(term) => Ok(term),
@@ -155,17 +209,31 @@ impl Storage for GroupStorage {
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.engine.first_index(self.group).unwrap_or(1))
+        Ok(self.engine.first_index(self.group).unwrap_or(self.truncated.0 + 1))
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.engine.last_index(self.group).unwrap_or(0))
+        Ok(self.engine.last_index(self.group).unwrap_or(self.truncated.0))
     }
 
+    /// A snapshot at the last flushed apply state: the partition log up to its next offset is
+    /// durable on this replica, which serves it to the follower over `ReadReplica`.
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The Raft log is not compacted yet, so a follower never needs a snapshot.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let state = self.apply_state().ok_or_else(unavailable)?;
+        let term = self.term(state.applied_index)?;
+        let data = serde_json::to_vec(&SnapshotData { next_offset: state.next_offset }).map_err(|_| unavailable())?;
+        let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
+        let metadata = snapshot.mut_metadata();
+        metadata.index = state.applied_index;
+        metadata.term = term;
+        metadata.set_conf_state(self.conf_state.clone());
+        Ok(snapshot)
     }
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
 pub(crate) fn engine_error(error: raft_engine::Error) -> Error {

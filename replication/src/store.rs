@@ -10,16 +10,17 @@
 //! * Entries are applied in index order, exactly once per start of the node (the partition's
 //!   apply state makes restarts resume at a consistent point).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log_store::Offset;
-use raft::eraftpb::{Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use raft_engine::{Engine, LogBatch};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
@@ -30,7 +31,7 @@ use crate::config::ReplicationConfig;
 use crate::error::{Error, Result};
 use crate::ids::{GroupId, NodeId, METADATA_GROUP};
 use crate::partition::PartitionReplica;
-use crate::raft_storage::{engine_error, GroupStorage};
+use crate::raft_storage::{engine_error, GroupStorage, SnapshotData};
 use crate::transport::{RaftService, Transport};
 
 /// Most inbox messages handled before the loop looks at the groups again.
@@ -41,6 +42,10 @@ const RAFT_MESSAGE_BYTES_MAX: u64 = 1 << 20;
 const RAFT_INFLIGHT_MESSAGES_MAX: usize = 256;
 /// Proposed-but-uncommitted bytes a leader accepts before it refuses proposals.
 const UNCOMMITTED_BYTES_MAX: u64 = 64 << 20;
+/// How often raft-engine files whose entries were all compacted are removed.
+const PURGE_INTERVAL: Duration = Duration::from_secs(10);
+/// A snapshot not acknowledged within this time is reported failed, so the leader sends again.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a proposal resolves to once applied.
 #[derive(Debug)]
@@ -55,7 +60,32 @@ pub(crate) type Reply = oneshot::Sender<Result<Applied>>;
 /// Messages into the store loop.
 pub(crate) enum StoreMsg {
     Raft(Vec<(u64, Message)>),
-    Propose { group: GroupId, data: Vec<u8>, reply: Reply },
+    Propose {
+        group: GroupId,
+        data: Vec<u8>,
+        reply: Reply,
+    },
+    /// Snapshot data pulled from another replica, to append as stored.
+    InstallBatches {
+        group: u64,
+        batches: Bytes,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// The snapshot source's log starts after ours ends: restart ours there.
+    ResetLog {
+        group: u64,
+        offset: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// The snapshot's data is in place: step the snapshot message now.
+    SnapshotReady {
+        group: u64,
+        message: Message,
+    },
+    /// Pulling the snapshot's data failed; the leader will send another.
+    SnapshotAborted {
+        group: u64,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -71,6 +101,9 @@ struct Group {
     pending: BTreeMap<u64, (u64, Reply)>,
     /// Applying failed locally (disk): the group stops applying until restart.
     failed: bool,
+    /// Index of the last entry applied to the state machine — ahead of raft-rs's own `applied`
+    /// between applying a Ready's entries and `advance_apply`, which is when logs are flushed.
+    applied: u64,
 }
 
 impl Group {
@@ -108,8 +141,19 @@ pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
     let transport = Transport::start(config.node_id, &config.peers);
     let voters: Vec<u64> = config.peers.iter().map(|peer| peer.id).collect();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut store =
-        Store { config, engine, groups: HashMap::new(), shared: shared.clone(), transport, logger, inbox: receiver };
+    let mut store = Store {
+        config,
+        engine,
+        groups: HashMap::new(),
+        shared: shared.clone(),
+        transport,
+        logger,
+        inbox: receiver,
+        runtime: tokio::runtime::Handle::current(),
+        installing: HashSet::new(),
+        snapshots_sent: HashMap::new(),
+        last_purge: Instant::now(),
+    };
     let (storage, existed) = GroupStorage::open(store.engine.clone(), METADATA_GROUP.0, &voters)?;
     let mut raw =
         RawNode::new(&store.raft_config(0), storage, &store.logger).map_err(|e| Error::Engine(e.to_string()))?;
@@ -117,12 +161,16 @@ pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
         // A brand-new single-node cluster need not wait an election timeout.
         let _ = raw.campaign();
     }
-    store.groups.insert(METADATA_GROUP.0, Group { raw, kind: Kind::Metadata, pending: BTreeMap::new(), failed: false });
+    store.groups.insert(
+        METADATA_GROUP.0,
+        Group { raw, kind: Kind::Metadata, pending: BTreeMap::new(), failed: false, applied: 0 },
+    );
     std::thread::Builder::new()
         .name("store-loop".into())
         .spawn(move || store.run())
         .map_err(|e| Error::Engine(format!("cannot start the store loop: {e}")))?;
-    Ok((Cluster::new(shared), RaftService::new(inbox)))
+    drop(inbox);
+    Ok((Cluster::new(shared.clone()), RaftService::new(shared)))
 }
 
 struct Store {
@@ -133,6 +181,12 @@ struct Store {
     transport: Transport,
     logger: slog::Logger,
     inbox: Receiver<StoreMsg>,
+    runtime: tokio::runtime::Handle,
+    /// Partition groups pulling snapshot data right now.
+    installing: HashSet<u64>,
+    /// Snapshots sent as leader: (group, follower) → when.
+    snapshots_sent: HashMap<(u64, u64), Instant>,
+    last_purge: Instant,
 }
 
 impl Store {
@@ -176,6 +230,13 @@ impl Store {
                     group.raw.tick();
                 }
                 next_tick = Instant::now() + tick;
+                self.expire_snapshots();
+                if self.last_purge.elapsed() >= PURGE_INTERVAL {
+                    self.last_purge = Instant::now();
+                    if let Err(error) = self.engine.purge_expired_files() {
+                        warn!(%error, "purging compacted Raft log files failed");
+                    }
+                }
             }
             if let Err(error) = self.process_readies() {
                 error!(%error, "the Raft log store failed; stopping the node's store loop");
@@ -194,11 +255,46 @@ impl Store {
     fn handle(&mut self, message: StoreMsg) {
         match message {
             StoreMsg::Raft(messages) => {
-                for (group, message) in messages {
-                    if let Some(group) = self.groups.get_mut(&group) {
-                        let _ = group.raw.step(message);
+                for (id, message) in messages {
+                    let Some(group) = self.groups.get_mut(&id) else { continue };
+                    if message.get_msg_type() == MessageType::MsgSnapshot {
+                        if let Kind::Partition(replica) = &group.kind {
+                            // The snapshot's data (the log) is pulled first, off the loop; the
+                            // message is stepped once it is in place.
+                            if self.installing.insert(id) {
+                                let source = self.shared.address_of(NodeId(message.from));
+                                let local_next = replica.next_offset();
+                                let inbox = self.shared.inbox.clone();
+                                self.runtime.spawn(install_snapshot(inbox, source, id, message, local_next));
+                            }
+                            continue;
+                        }
                     }
+                    let _ = group.raw.step(message);
                 }
+            }
+            StoreMsg::InstallBatches { group, batches, reply } => {
+                let result = match self.groups.get_mut(&group).map(|g| &mut g.kind) {
+                    Some(Kind::Partition(replica)) => replica.install(batches),
+                    _ => Err(Error::InvalidRequest(format!("no partition group {group} here"))),
+                };
+                let _ = reply.send(result);
+            }
+            StoreMsg::ResetLog { group, offset, reply } => {
+                let result = match self.groups.get_mut(&group).map(|g| &mut g.kind) {
+                    Some(Kind::Partition(replica)) => replica.reset(offset),
+                    _ => Err(Error::InvalidRequest(format!("no partition group {group} here"))),
+                };
+                let _ = reply.send(result);
+            }
+            StoreMsg::SnapshotReady { group, message } => {
+                self.installing.remove(&group);
+                if let Some(group) = self.groups.get_mut(&group) {
+                    let _ = group.raw.step(message);
+                }
+            }
+            StoreMsg::SnapshotAborted { group } => {
+                self.installing.remove(&group);
             }
             StoreMsg::Propose { group, data, reply } => {
                 let Some(target) = self.groups.get_mut(&group.0) else {
@@ -251,7 +347,7 @@ impl Store {
                 outbound.entry(message.to).or_default().push((id, message));
             }
             if !ready.snapshot().is_empty() {
-                warn!(group = id, "received a snapshot, which this version cannot install");
+                Self::apply_snapshot(group, id, ready.snapshot(), &mut batch);
             }
             let committed = ready.take_committed_entries();
             changes.extend(Self::apply(&self.shared, group, id, &committed, &mut batch));
@@ -261,11 +357,27 @@ impl Store {
             readies.push((id, ready));
         }
         for (id, group) in self.groups.iter_mut() {
+            if group.failed {
+                continue;
+            }
             if let Kind::Partition(replica) = &mut group.kind {
-                let applied = group.raw.raft.raft_log.applied;
-                if let Err(error) = replica.maybe_flush(applied, group.raw.store(), &mut batch) {
-                    error!(group = id, %error, "flushing a partition log failed; the replica stops applying");
-                    group.failed = true;
+                let applied = group.applied;
+                match replica.maybe_flush(applied, group.raw.store(), &mut batch) {
+                    Ok(Some(flushed)) => {
+                        // Entries up to the flushed point live in the partition log now; keep a
+                        // tail for followers that lag a little, snapshots serve the rest.
+                        let last = group.raw.raft.raft_log.last_index();
+                        let keep_from =
+                            flushed.applied_index.min(last.saturating_sub(self.config.log_retained_entries));
+                        if let Err(error) = group.raw.mut_store().compact(&mut batch, keep_from) {
+                            warn!(group = id, %error, "trimming the Raft log failed");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        error!(group = id, %error, "flushing a partition log failed; the replica stops applying");
+                        group.failed = true;
+                    }
                 }
             }
         }
@@ -298,6 +410,11 @@ impl Store {
             }
         }
         for (to, messages) in outbound {
+            for (group, message) in &messages {
+                if message.get_msg_type() == MessageType::MsgSnapshot {
+                    self.snapshots_sent.insert((*group, to), Instant::now());
+                }
+            }
             self.transport.send(to, messages);
         }
         for change in changes {
@@ -310,6 +427,7 @@ impl Store {
     fn apply(shared: &Shared, group: &mut Group, id: u64, entries: &[Entry], batch: &mut LogBatch) -> Vec<Change> {
         let mut changes = Vec::new();
         for entry in entries {
+            group.applied = entry.index;
             let waiting = group.pending.remove(&entry.index);
             // Proposals older than this entry were overwritten by another leader.
             let stale: Vec<u64> = group.pending.range(..entry.index).map(|(index, _)| *index).collect();
@@ -362,6 +480,57 @@ impl Store {
             }
         }
         changes
+    }
+
+    /// Records an installed snapshot: its data was pulled and appended before the message was
+    /// stepped, so here the log is flushed and the Raft state replaced.
+    fn apply_snapshot(group: &mut Group, id: u64, snapshot: &raft::eraftpb::Snapshot, batch: &mut LogBatch) {
+        let Kind::Partition(replica) = &mut group.kind else {
+            error!(group = id, "the metadata group cannot install snapshots");
+            return;
+        };
+        let data: Option<SnapshotData> = serde_json::from_slice(snapshot.get_data()).ok();
+        let installed = match data {
+            Some(data) if replica.next_offset() == data.next_offset => replica
+                .flush_snapshot()
+                .and_then(|next| group.raw.mut_store().apply_snapshot(batch, snapshot, next).map(|()| next)),
+            Some(data) => Err(Error::Engine(format!(
+                "snapshot needs the log to end at {} but it ends at {}",
+                data.next_offset,
+                replica.next_offset()
+            ))),
+            None => Err(Error::Engine("undecodable snapshot data".into())),
+        };
+        match installed {
+            Ok(next_offset) => {
+                group.applied = snapshot.get_metadata().index;
+                info!(group = id, index = group.applied, next_offset, "installed a snapshot")
+            }
+            Err(error) => {
+                error!(group = id, %error, "cannot install a snapshot; the replica stops applying");
+                group.failed = true;
+            }
+        }
+    }
+
+    /// Reports snapshots that were never acknowledged as failed, so the leader retries.
+    fn expire_snapshots(&mut self) {
+        let expired: Vec<(u64, u64)> = self
+            .snapshots_sent
+            .iter()
+            .filter(|(_, sent)| sent.elapsed() >= SNAPSHOT_TIMEOUT)
+            .map(|(key, _)| *key)
+            .collect();
+        for (group, to) in expired {
+            self.snapshots_sent.remove(&(group, to));
+            if let Some(group) = self.groups.get_mut(&group) {
+                let waiting =
+                    group.raw.raft.prs().get(to).is_some_and(|progress| progress.state == ProgressState::Snapshot);
+                if waiting {
+                    group.raw.report_snapshot(to, SnapshotStatus::Failure);
+                }
+            }
+        }
     }
 
     fn apply_conf_change(group: &mut Group, entry: &Entry, batch: &mut LogBatch) {
@@ -439,7 +608,7 @@ impl Store {
             .insert((topic.name.clone(), partition), replica.handle.clone());
         self.groups.insert(
             info.group.0,
-            Group { raw, kind: Kind::Partition(Box::new(replica)), pending: BTreeMap::new(), failed: false },
+            Group { raw, kind: Kind::Partition(Box::new(replica)), pending: BTreeMap::new(), failed: false, applied },
         );
         Ok(())
     }
@@ -449,8 +618,11 @@ impl Store {
         let mut batch = LogBatch::default();
         for (id, group) in self.groups.iter_mut() {
             group.fail_pending(None);
+            if group.failed {
+                continue;
+            }
             if let Kind::Partition(replica) = &mut group.kind {
-                let applied = group.raw.raft.raft_log.applied;
+                let applied = group.applied;
                 if let Err(error) = replica.flush_now(applied, group.raw.store(), &mut batch) {
                     error!(group = id, %error, "final flush failed");
                 }
@@ -463,6 +635,92 @@ impl Store {
         }
         self.shared.stopped.store(true, Ordering::Release);
         info!(node = self.config.node_id, "store loop stopped");
+    }
+}
+
+/// Pulls a snapshot's data (the partition log up to its end) from the replica that sent it,
+/// then hands the message back to the loop to be stepped.
+async fn install_snapshot(
+    inbox: Sender<StoreMsg>,
+    source: Option<String>,
+    group: u64,
+    message: Message,
+    local_next: u64,
+) {
+    let outcome = pull_snapshot_data(&inbox, source, group, &message, local_next).await;
+    let done = match outcome {
+        Ok(()) => StoreMsg::SnapshotReady { group, message },
+        Err(error) => {
+            warn!(group, %error, "pulling snapshot data failed; the leader will send the snapshot again");
+            StoreMsg::SnapshotAborted { group }
+        }
+    };
+    let _ = deliver(&inbox, done).await;
+}
+
+async fn pull_snapshot_data(
+    inbox: &Sender<StoreMsg>,
+    source: Option<String>,
+    group: u64,
+    message: &Message,
+    local_next: u64,
+) -> std::result::Result<(), String> {
+    let data: SnapshotData =
+        serde_json::from_slice(message.get_snapshot().get_data()).map_err(|e| format!("undecodable snapshot: {e}"))?;
+    let source = source.ok_or("no address for the snapshot's sender")?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{source}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2));
+    let mut client = proto::v1::raft_client::RaftClient::connect(endpoint)
+        .await
+        .map_err(|e| e.to_string())?
+        .max_decoding_message_size(2 * crate::transport::SNAPSHOT_CHUNK_BYTES_MAX);
+    let mut offset = local_next;
+    info!(group, from = local_next, to = data.next_offset, %source, "pulling snapshot data");
+    while offset < data.next_offset {
+        let request = proto::v1::ReadReplicaRequest {
+            group_id: group,
+            offset,
+            until_offset: data.next_offset,
+            max_bytes: crate::transport::SNAPSHOT_CHUNK_BYTES_MAX as u32,
+        };
+        let response = client.read_replica(request).await.map_err(|e| e.to_string())?.into_inner();
+        if offset < response.log_start_offset {
+            let start = response.log_start_offset;
+            ask(inbox, |reply| StoreMsg::ResetLog { group, offset: start, reply }).await?;
+            offset = start;
+            continue;
+        }
+        if response.batches.is_empty() {
+            return Err(format!("the source has no data at {offset}, below the snapshot's end {}", data.next_offset));
+        }
+        let batches = response.batches;
+        offset = ask(inbox, |reply| StoreMsg::InstallBatches { group, batches, reply }).await?;
+    }
+    Ok(())
+}
+
+/// Sends a request to the loop and waits for its answer.
+async fn ask<T>(
+    inbox: &Sender<StoreMsg>,
+    request: impl FnOnce(oneshot::Sender<Result<T>>) -> StoreMsg,
+) -> std::result::Result<T, String> {
+    let (reply, answer) = oneshot::channel();
+    deliver(inbox, request(reply)).await?;
+    answer.await.map_err(|_| "the store loop stopped".to_string())?.map_err(|e| e.to_string())
+}
+
+/// Sends to the loop, waiting while its inbox is full.
+async fn deliver(inbox: &Sender<StoreMsg>, mut message: StoreMsg) -> std::result::Result<(), String> {
+    loop {
+        match inbox.try_send(message) {
+            Ok(()) => return Ok(()),
+            Err(crossbeam_channel::TrySendError::Full(back)) => {
+                message = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err("the store loop stopped".into()),
+        }
     }
 }
 

@@ -11,17 +11,22 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use proto::v1::raft_client::RaftClient;
 use proto::v1::raft_server::Raft;
-use proto::v1::{RaftAck, RaftBatch, RaftEnvelope};
+use proto::v1::{RaftAck, RaftBatch, RaftEnvelope, ReadReplicaRequest, ReadReplicaResponse};
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
+use std::sync::Arc;
+
+use crate::cluster::Shared;
 use crate::config::PeerConfig;
 use crate::raft_storage::{decode_message, encode_message};
 use crate::store::StoreMsg;
 
+/// Largest chunk of snapshot data served per `ReadReplica` call.
+pub(crate) const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 << 20;
 /// Batches queued per peer before new ones are dropped.
 const PEER_QUEUE_BATCHES: usize = 1024;
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -99,11 +104,12 @@ async fn peer_link(peer: u64, address: String, mut queue: mpsc::Receiver<RaftBat
 #[derive(Clone)]
 pub struct RaftService {
     inbox: Sender<StoreMsg>,
+    shared: Arc<Shared>,
 }
 
 impl RaftService {
-    pub(crate) fn new(inbox: Sender<StoreMsg>) -> RaftService {
-        RaftService { inbox }
+    pub(crate) fn new(shared: Arc<Shared>) -> RaftService {
+        RaftService { inbox: shared.inbox.clone(), shared }
     }
 
     /// The tonic service to mount on the node's gRPC server.
@@ -130,5 +136,37 @@ impl Raft for RaftService {
             }
         }
         Ok(Response::new(RaftAck {}))
+    }
+
+    async fn read_replica(
+        &self,
+        request: Request<ReadReplicaRequest>,
+    ) -> Result<Response<ReadReplicaResponse>, Status> {
+        let request = request.into_inner();
+        let handle = self
+            .shared
+            .partition_by_group(request.group_id)
+            .ok_or_else(|| Status::not_found(format!("no replica of group {} here", request.group_id)))?;
+        let reader = &handle.reader;
+        let (log_start, next) = (reader.log_start_offset().0, reader.next_offset().0);
+        let mut response =
+            ReadReplicaResponse { batches: Default::default(), log_start_offset: log_start, next_offset: next };
+        if request.offset < log_start || request.offset >= next.min(request.until_offset) {
+            return Ok(Response::new(response));
+        }
+        let max_bytes = (request.max_bytes as usize).clamp(1, SNAPSHOT_CHUNK_BYTES_MAX);
+        let bytes =
+            reader.read(log_store::Offset(request.offset), max_bytes).map_err(|e| Status::internal(e.to_string()))?;
+        // Only whole batches that end before the snapshot's end.
+        let mut keep = 0;
+        for stored in log_store::batch::batches(bytes.clone()) {
+            let stored = stored.map_err(|e| Status::data_loss(e.to_string()))?;
+            if stored.header().last_offset().0 >= request.until_offset {
+                break;
+            }
+            keep += stored.bytes().len();
+        }
+        response.batches = bytes.slice(..keep);
+        Ok(Response::new(response))
     }
 }

@@ -201,3 +201,37 @@ fn truncate_suffix_removes_whole_batches_and_appends_reuse_the_offsets() {
     assert_eq!(log.next_offset(), Offset(32));
     assert_eq!(read_all(&log.reader()).len(), 32);
 }
+
+#[test]
+fn a_replica_installed_with_append_stored_reads_the_same_even_with_compaction_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes_max: 300, cleanup_policy: CleanupPolicy::Compact, ..LogConfig::default() };
+    let mut source = Log::open(dir.path().join("source"), config.clone()).unwrap();
+    for round in 0..6 {
+        for key in ["a", "b"] {
+            let value = format!("{key}{round}");
+            source.append(&mut batch(&[record(Some(key), Some(value.as_bytes()), 1)], Compression::None)).unwrap();
+        }
+    }
+    source.roll().unwrap();
+    source.compact().unwrap();
+    let mut replica = Log::open(dir.path().join("replica"), config).unwrap();
+    replica.reset(source.log_start_offset()).unwrap();
+    let reader = source.reader();
+    let mut from = reader.log_start_offset();
+    while from < reader.next_offset() {
+        let bytes = reader.read(from, 1 << 20).unwrap();
+        if bytes.is_empty() {
+            break;
+        }
+        for stored in batch::batches(bytes) {
+            let stored = stored.unwrap();
+            replica.append_stored(&mut stored.bytes().to_vec()).unwrap();
+            from = Offset(stored.header().last_offset().0 + 1);
+        }
+    }
+    assert_eq!(read_all(&replica.reader()), read_all(&source.reader()));
+    let mut behind = payload_batch(0, 1, Compression::None);
+    batch::set_base_offset(&mut behind, Offset(0));
+    assert!(replica.append_stored(&mut behind).is_err(), "a stored batch below the end is refused");
+}

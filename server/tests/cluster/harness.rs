@@ -20,6 +20,8 @@ pub struct Node {
 pub struct TestCluster {
     pub nodes: Vec<Node>,
     peers: Vec<String>,
+    /// Extra TOML appended to every node's config file.
+    extra_config: String,
     _root: tempfile::TempDir,
 }
 
@@ -29,6 +31,11 @@ fn free_port() -> u16 {
 
 impl TestCluster {
     pub fn start(size: u64) -> TestCluster {
+        TestCluster::start_with(size, "")
+    }
+
+    /// A cluster whose nodes get `extra_config` (TOML) in their config file.
+    pub fn start_with(size: u64, extra_config: &str) -> TestCluster {
         let root = tempfile::tempdir().unwrap();
         let nodes: Vec<Node> = (1..=size)
             .map(|id| Node {
@@ -41,7 +48,7 @@ impl TestCluster {
             })
             .collect();
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
-        let mut cluster = TestCluster { nodes, peers, _root: root };
+        let mut cluster = TestCluster { nodes, peers, extra_config: extra_config.to_string(), _root: root };
         for id in 1..=size {
             cluster.restart(id);
         }
@@ -55,22 +62,25 @@ impl TestCluster {
     /// Starts (or starts again) a node with the same data directory and ports.
     pub fn restart(&mut self, id: u64) {
         let peers = self.peers.clone();
+        let extra_config = self.extra_config.clone();
         let node = &mut self.nodes[(id - 1) as usize];
         assert!(node.child.is_none(), "node {id} is running");
         node.starts += 1;
         std::fs::create_dir_all(&node.dir).unwrap();
         let log = std::fs::File::create(node.dir.with_extension(format!("log{}", node.starts))).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_robustmq"));
-        command
-            .args(["serve", "--node-id", &id.to_string(), "--data-dir"])
-            .arg(&node.dir)
-            .args(["--grpc-listen", &node.grpc, "--admin-listen", &node.admin])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
+        let mut config = format!(
+            "node_id = {id}\ndata_dir = {:?}\ngrpc_listen = {:?}\nadmin_listen = {:?}\n",
+            node.dir, node.grpc, node.admin
+        );
         for peer in &peers {
-            command.args(["--peer", peer]);
+            let (peer_id, address) = peer.split_once('=').unwrap();
+            config.push_str(&format!("[[peers]]\nid = {peer_id}\naddress = {address:?}\n"));
         }
+        config.push_str(&extra_config);
+        let config_path = node.dir.with_extension("toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_robustmq"));
+        command.args(["serve", "--config"]).arg(&config_path).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
         node.child = Some(command.spawn().unwrap());
     }
 
@@ -115,6 +125,14 @@ impl TestCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the cluster never elected a metadata leader");
+    }
+
+    /// What a node wrote to stderr over all its starts.
+    pub fn node_log(&self, id: u64) -> String {
+        let node = self.node(id);
+        (1..=node.starts)
+            .map(|start| std::fs::read_to_string(node.dir.with_extension(format!("log{start}"))).unwrap_or_default())
+            .collect()
     }
 
     /// The partition's data directory on a node.
@@ -163,4 +181,15 @@ pub fn replica_values(dir: &Path) -> Vec<String> {
             from = log_store::Offset(batch.header().last_offset().0 + 1);
         }
     }
+}
+
+/// Asserts two logs are equal, naming the first difference instead of printing them whole.
+pub fn assert_same_log(actual: &[String], expected: &[String], what: &str) {
+    if let Some(index) = actual.iter().zip(expected).position(|(a, e)| a != e) {
+        panic!(
+            "{what}: first difference at offset {index}: {:?} where {:?} was expected",
+            actual[index], expected[index]
+        );
+    }
+    assert_eq!(actual.len(), expected.len(), "{what}: length differs");
 }

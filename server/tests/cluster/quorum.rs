@@ -48,7 +48,7 @@ async fn minority_loss_serves_majority_loss_refuses_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_restart_of_every_node_loses_nothing() {
-    let mut cluster = TestCluster::start(3);
+    let mut cluster = TestCluster::start_with(3, "[raft]\nflush_interval_ms = 50\n");
     cluster.wait_ready().await;
     let client = cluster.client();
     client.create_topic("r", 1, 3).await.unwrap();
