@@ -22,8 +22,8 @@ use bytes::Bytes;
 use log_store::batch::{BatchBuilder, Compression, NewRecord, Record};
 use proto::v1::broker_client::BrokerClient;
 use proto::v1::{
-    ClusterStatusRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest,
-    ListTopicsRequest, ProduceRequest,
+    AddNodeRequest, ClusterStatusRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest,
+    ListTopicsRequest, ProduceRequest, RemoveNodeRequest,
 };
 pub use proto::v1::{ClusterStatusResponse, FetchResponse, TopicConfig, TopicDescription};
 use tonic::transport::{Channel, Endpoint};
@@ -199,6 +199,25 @@ impl Client {
             }
         }
         Ok((records, response.high_watermark))
+    }
+
+    /// Adds a node (started with `--join`) to the cluster.
+    pub async fn add_node(&self, id: u64, address: &str) -> Result<(), Error> {
+        let request = AddNodeRequest { id, address: address.into() };
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.add_node(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes a node: its replicas move to other nodes.
+    pub async fn remove_node(&self, id: u64) -> Result<(), Error> {
+        let request = RemoveNodeRequest { id };
+        self.call(|mut c| async move { c.remove_node(request).await })
+        .await
+        .map(|_| ())
     }
 
     /// The cluster as the answering node sees it.

@@ -21,6 +21,8 @@ pub struct NodeInfo {
     pub id: NodeId,
     /// `host:port` of its native gRPC listener.
     pub address: String,
+    /// Removed nodes hold no replicas and take no part in placement.
+    pub removed: bool,
 }
 
 /// Per-topic settings, Kafka's names in snake case.
@@ -67,15 +69,41 @@ pub struct TopicInfo {
 /// A change to the catalog, as proposed to the metadata group.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Command {
-    CreateTopic { name: String, partitions: u32, replication_factor: u32, config: TopicConfig },
-    DeleteTopic { name: String },
+    /// The first entry of a new cluster: its initial members.
+    Bootstrap {
+        nodes: Vec<NodeInfo>,
+    },
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replication_factor: u32,
+        config: TopicConfig,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    AddNode {
+        id: NodeId,
+        address: String,
+    },
+    /// Moves the node's replicas to other nodes and takes it out of the metadata group.
+    RemoveNode {
+        id: NodeId,
+    },
 }
 
 /// What applying a command changed, for the store loop to act on.
 #[derive(Clone, Debug)]
 pub(crate) enum Change {
+    Bootstrapped,
     TopicCreated(TopicInfo),
     TopicDeleted(TopicInfo),
+    NodeAdded(NodeInfo),
+    /// A node was removed; these partitions got a new replica in its place.
+    NodeRemoved {
+        id: NodeId,
+        moved: Vec<(String, PartitionInfo)>,
+    },
 }
 
 /// The replicated catalog.
@@ -90,13 +118,14 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The catalog of a new cluster made of `nodes`.
-    pub(crate) fn new(nodes: impl IntoIterator<Item = NodeInfo>) -> Catalog {
-        Catalog {
-            nodes: nodes.into_iter().map(|node| (node.id, node)).collect(),
-            topics: BTreeMap::new(),
-            next_group: FIRST_PARTITION_GROUP,
-        }
+    /// An empty catalog: nodes arrive with the `Bootstrap` command, the metadata log's first.
+    pub(crate) fn new() -> Catalog {
+        Catalog { nodes: BTreeMap::new(), topics: BTreeMap::new(), next_group: FIRST_PARTITION_GROUP }
+    }
+
+    /// Nodes that may hold replicas, in id order.
+    pub fn active_nodes(&self) -> Vec<NodeId> {
+        self.nodes.values().filter(|node| !node.removed).map(|node| node.id).collect()
     }
 
     /// Checks a command without applying it (the leader refuses bad requests early).
@@ -107,6 +136,25 @@ impl Catalog {
     /// Applies a committed command. Errors leave the catalog unchanged on every node alike.
     pub(crate) fn apply(&mut self, command: &Command) -> Result<Change> {
         match command {
+            Command::Bootstrap { nodes } => {
+                if !self.nodes.is_empty() {
+                    return Err(Error::InvalidRequest("the cluster is already bootstrapped".into()));
+                }
+                self.nodes = nodes.iter().map(|node| (node.id, node.clone())).collect();
+                Ok(Change::Bootstrapped)
+            }
+            Command::AddNode { id, address } => {
+                if id.0 == 0 {
+                    return Err(Error::InvalidRequest("node id 0 is reserved".into()));
+                }
+                if self.nodes.get(id).is_some_and(|node| !node.removed) {
+                    return Err(Error::InvalidRequest(format!("node {id} is already a member")));
+                }
+                let node = NodeInfo { id: *id, address: address.clone(), removed: false };
+                self.nodes.insert(*id, node.clone());
+                Ok(Change::NodeAdded(node))
+            }
+            Command::RemoveNode { id } => self.remove_node(*id),
             Command::CreateTopic { name, partitions, replication_factor, config } => {
                 validate_topic_name(name)?;
                 if self.topics.contains_key(name) {
@@ -115,7 +163,11 @@ impl Catalog {
                 if *partitions == 0 || *partitions > PARTITIONS_MAX {
                     return Err(Error::InvalidRequest(format!("partitions must be 1..={PARTITIONS_MAX}")));
                 }
-                let node_count = self.nodes.len() as u32;
+                if self.nodes.is_empty() {
+                    return Err(Error::NotReady);
+                }
+                let nodes = self.active_nodes();
+                let node_count = nodes.len() as u32;
                 let replication_factor = match *replication_factor {
                     0 => node_count.min(3),
                     rf if rf > node_count => {
@@ -125,7 +177,6 @@ impl Catalog {
                     }
                     rf => rf,
                 };
-                let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
                 // Spread replicas and preferred leaders: partition p of a topic starts at a
                 // node offset by the topic's position among groups, then by p.
                 let start = (self.next_group - FIRST_PARTITION_GROUP) as usize;
@@ -148,6 +199,51 @@ impl Catalog {
                 Ok(Change::TopicDeleted(topic))
             }
         }
+    }
+
+    /// Marks a node removed and gives each of its replicas to the least-loaded active node that
+    /// does not hold one of that partition yet.
+    fn remove_node(&mut self, id: NodeId) -> Result<Change> {
+        match self.nodes.get(&id) {
+            Some(node) if !node.removed => {}
+            _ => return Err(Error::InvalidRequest(format!("node {id} is not an active member"))),
+        }
+        let remaining: Vec<NodeId> = self.active_nodes().into_iter().filter(|n| *n != id).collect();
+        if remaining.is_empty() {
+            return Err(Error::InvalidRequest("cannot remove the last node".into()));
+        }
+        let widest = self.topics.values().map(|t| t.replication_factor).max().unwrap_or(0) as usize;
+        if widest > remaining.len() {
+            return Err(Error::InvalidRequest(format!(
+                "a topic has {widest} replicas per partition; removing node {id} would leave only {} nodes",
+                remaining.len()
+            )));
+        }
+        let mut load: BTreeMap<NodeId, usize> = remaining.iter().map(|n| (*n, 0)).collect();
+        for partition in self.topics.values().flat_map(|t| &t.partitions) {
+            for replica in &partition.replicas {
+                if let Some(count) = load.get_mut(replica) {
+                    *count += 1;
+                }
+            }
+        }
+        let mut moved = Vec::new();
+        for topic in self.topics.values_mut() {
+            for partition in &mut topic.partitions {
+                let Some(slot) = partition.replicas.iter().position(|r| *r == id) else { continue };
+                let replacement = load
+                    .iter()
+                    .filter(|(node, _)| !partition.replicas.contains(node))
+                    .min_by_key(|(node, count)| (**count, **node))
+                    .map(|(node, _)| *node)
+                    .expect("enough nodes were checked above");
+                *load.get_mut(&replacement).expect("listed") += 1;
+                partition.replicas[slot] = replacement;
+                moved.push((topic.name.clone(), partition.clone()));
+            }
+        }
+        self.nodes.get_mut(&id).expect("checked above").removed = true;
+        Ok(Change::NodeRemoved { id, moved })
     }
 
     /// The partition of a topic.
@@ -178,7 +274,14 @@ mod tests {
     use super::*;
 
     fn catalog(nodes: u64) -> Catalog {
-        Catalog::new((1..=nodes).map(|id| NodeInfo { id: NodeId(id), address: format!("127.0.0.1:{}", 9300 + id) }))
+        let mut catalog = Catalog::new();
+        let nodes = (1..=nodes).map(|id| NodeInfo {
+            id: NodeId(id),
+            address: format!("127.0.0.1:{}", 9300 + id),
+            removed: false,
+        });
+        catalog.apply(&Command::Bootstrap { nodes: nodes.collect() }).unwrap();
+        catalog
     }
 
     fn create(name: &str, partitions: u32, rf: u32) -> Command {
@@ -214,5 +317,27 @@ mod tests {
         assert_eq!(catalog, before);
         assert_eq!(catalog.apply(&create("c", 2, 0)).map(|_| ()).ok(), Some(()));
         assert_eq!(catalog.topics["c"].replication_factor, 3, "default replication factor is min(3, nodes)");
+    }
+
+    #[test]
+    fn removing_a_node_moves_each_of_its_replicas_to_a_node_without_one() {
+        let mut catalog = catalog(4);
+        catalog.apply(&create("t", 8, 3)).unwrap();
+        catalog.apply(&Command::AddNode { id: NodeId(5), address: "127.0.0.1:9305".into() }).unwrap();
+        let Change::NodeRemoved { moved, .. } = catalog.apply(&Command::RemoveNode { id: NodeId(2) }).unwrap() else {
+            panic!()
+        };
+        assert!(!moved.is_empty());
+        for partition in &catalog.topics["t"].partitions {
+            assert!(!partition.replicas.contains(&NodeId(2)));
+            let mut distinct = partition.replicas.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3);
+        }
+        assert!(catalog.apply(&Command::RemoveNode { id: NodeId(2) }).is_err(), "already removed");
+        catalog.apply(&Command::RemoveNode { id: NodeId(1) }).unwrap();
+        assert!(catalog.apply(&Command::RemoveNode { id: NodeId(3) }).is_err(), "would leave two nodes for RF 3");
+        assert_eq!(catalog.active_nodes(), vec![NodeId(3), NodeId(4), NodeId(5)]);
     }
 }

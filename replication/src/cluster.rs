@@ -197,6 +197,23 @@ impl Cluster {
         self.propose_metadata(Command::DeleteTopic { name: name.to_string() }).await.map(|_| ())
     }
 
+    /// Adds a node to the cluster (it must have been started with `join`). Completes once the
+    /// catalog records it; the metadata leader then makes it a voter of the metadata group.
+    pub async fn add_node(&self, id: NodeId, address: String) -> Result<()> {
+        self.propose_metadata(Command::AddNode { id, address }).await.map(|_| ())
+    }
+
+    /// Removes a node: its replicas are reassigned at once and the groups' leaders move them
+    /// with joint-consensus conf changes; then it leaves the metadata group.
+    pub async fn remove_node(&self, id: NodeId) -> Result<()> {
+        self.propose_metadata(Command::RemoveNode { id }).await.map(|_| ())
+    }
+
+    /// The voters of a local replica's group as this node last applied them.
+    pub fn partition_voters(&self, topic: &str, partition: u32) -> Option<Vec<NodeId>> {
+        self.local(topic, partition).map(|handle| handle.voters.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
     /// Stops the store loop after flushing every partition log.
     pub async fn shutdown(&self) {
         let (done, stopped) = oneshot::channel();

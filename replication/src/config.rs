@@ -18,8 +18,11 @@ pub struct ReplicationConfig {
     pub node_id: u64,
     /// Root of the node's data: `raft/` (raft-engine) and `partitions/<topic>-<n>/`.
     pub data_dir: PathBuf,
-    /// Every node of the initial cluster, this one included.
+    /// Every node of the initial cluster, this one included; for a joining node, nodes to
+    /// reach the cluster through.
     pub peers: Vec<PeerConfig>,
+    /// This node joins a running cluster (added with `add-node`) instead of founding one.
+    pub join: bool,
     /// Raft tick period.
     pub tick_ms: u64,
     /// Ticks without a leader before a follower campaigns (randomised up to twice this).
@@ -57,6 +60,7 @@ impl Default for ReplicationConfig {
             node_id: 1,
             data_dir: PathBuf::from("./data"),
             peers: vec![PeerConfig { id: 1, address: "127.0.0.1:9300".into() }],
+            join: false,
             tick_ms: 50,
             election_ticks: 10,
             heartbeat_ticks: 2,

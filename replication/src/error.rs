@@ -37,6 +37,9 @@ pub enum Error {
     /// The log refused the batch or the read (bad batch, offset out of range, corruption…).
     #[error(transparent)]
     Log(#[from] log_store::Error),
+    /// The cluster is still forming (no bootstrap entry applied yet): retry shortly.
+    #[error("the cluster is not bootstrapped yet")]
+    NotReady,
     /// The node's inbox is full: retry later (backpressure).
     #[error("the node is overloaded; retry")]
     Overloaded,

@@ -36,9 +36,16 @@ pub(crate) struct PartitionHandle {
     /// Rules a batch must pass before it is proposed.
     pub validation: Validation,
     pub batch_bytes_max: usize,
+    /// The group's voters as this replica last applied them.
+    pub voters: std::sync::RwLock<Vec<NodeId>>,
 }
 
 impl PartitionHandle {
+    pub fn set_voters(&self, conf_state: &raft::eraftpb::ConfState) {
+        let voters = conf_state.voters.iter().map(|id| NodeId(*id)).collect();
+        *self.voters.write().unwrap_or_else(|p| p.into_inner()) = voters;
+    }
+
     pub fn leader(&self) -> Option<NodeId> {
         match self.leader.load(Ordering::Acquire) {
             0 => None,
@@ -111,6 +118,7 @@ impl PartitionReplica {
             high_watermark: watch::Sender::new(log.next_offset().0),
             validation,
             batch_bytes_max,
+            voters: std::sync::RwLock::new(Vec::new()),
         });
         let replica = PartitionReplica {
             handle,

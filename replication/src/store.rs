@@ -52,7 +52,7 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) enum Applied {
     Offsets(Offset, Offset),
     Topic(TopicInfo),
-    Deleted,
+    Done,
 }
 
 pub(crate) type Reply = oneshot::Sender<Result<Applied>>;
@@ -128,18 +128,18 @@ pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
     };
     let engine = Arc::new(Engine::open(engine_config).map_err(engine_error)?);
     let (inbox, receiver) = crossbeam_channel::bounded(config.inbox_capacity);
-    let nodes = config.peers.iter().map(|peer| NodeInfo { id: NodeId(peer.id), address: peer.address.clone() });
     let shared = Arc::new(Shared {
         node_id: NodeId(config.node_id),
-        catalog: RwLock::new(Catalog::new(nodes)),
+        catalog: RwLock::new(Catalog::new()),
         partitions: RwLock::new(HashMap::new()),
         metadata_leader: AtomicU64::new(0),
         inbox: inbox.clone(),
         peers: config.peers.iter().map(|peer| (NodeId(peer.id), peer.address.clone())).collect(),
         stopped: AtomicBool::new(false),
     });
-    let transport = Transport::start(config.node_id, &config.peers);
-    let voters: Vec<u64> = config.peers.iter().map(|peer| peer.id).collect();
+    let transport = Transport::start(config.node_id, &config.peers, tokio::runtime::Handle::current());
+    // A joining node starts outside the metadata group; the leader adds it (see `reconcile`).
+    let voters: Vec<u64> = if config.join { Vec::new() } else { config.peers.iter().map(|peer| peer.id).collect() };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let mut store = Store {
         config,
@@ -153,6 +153,7 @@ pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
         installing: HashSet::new(),
         snapshots_sent: HashMap::new(),
         last_purge: Instant::now(),
+        last_reconcile: Instant::now(),
     };
     let (storage, existed) = GroupStorage::open(store.engine.clone(), METADATA_GROUP.0, &voters)?;
     let mut raw =
@@ -187,7 +188,11 @@ struct Store {
     /// Snapshots sent as leader: (group, follower) → when.
     snapshots_sent: HashMap<(u64, u64), Instant>,
     last_purge: Instant,
+    last_reconcile: Instant,
 }
+
+/// How often a leader compares its groups' voters with the catalog's placement.
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(300);
 
 impl Store {
     fn raft_config(&self, applied: u64) -> raft::Config {
@@ -231,6 +236,10 @@ impl Store {
                 }
                 next_tick = Instant::now() + tick;
                 self.expire_snapshots();
+                if self.last_reconcile.elapsed() >= RECONCILE_INTERVAL {
+                    self.last_reconcile = Instant::now();
+                    self.reconcile();
+                }
                 if self.last_purge.elapsed() >= PURGE_INTERVAL {
                     self.last_purge = Instant::now();
                     if let Err(error) = self.engine.purge_expired_files() {
@@ -336,7 +345,13 @@ impl Store {
             if let Some(soft) = ready.ss() {
                 let leader = Some(soft.leader_id).filter(|id| *id != 0).map(NodeId);
                 match &group.kind {
-                    Kind::Metadata => self.shared.metadata_leader.store(soft.leader_id, Ordering::Release),
+                    Kind::Metadata => {
+                        self.shared.metadata_leader.store(soft.leader_id, Ordering::Release);
+                        if soft.raft_state == StateRole::Leader {
+                            // Bootstrap (or catch up on placement) without waiting a period.
+                            self.last_reconcile = Instant::now() - RECONCILE_INTERVAL;
+                        }
+                    }
                     Kind::Partition(replica) => replica.handle.leader.store(soft.leader_id, Ordering::Release),
                 }
                 if soft.raft_state != StateRole::Leader {
@@ -458,7 +473,7 @@ impl Store {
                         applied.map(|change| {
                             let answer = match &change {
                                 Change::TopicCreated(topic) => Applied::Topic(topic.clone()),
-                                Change::TopicDeleted(_) => Applied::Deleted,
+                                _ => Applied::Done,
                             };
                             changes.push(change);
                             answer
@@ -503,6 +518,7 @@ impl Store {
         };
         match installed {
             Ok(next_offset) => {
+                replica.handle.set_voters(snapshot.get_metadata().get_conf_state());
                 group.applied = snapshot.get_metadata().index;
                 info!(group = id, index = group.applied, next_offset, "installed a snapshot")
             }
@@ -544,6 +560,9 @@ impl Store {
                 .and_then(|change| group.raw.apply_conf_change(&change).ok()),
         };
         if let Some(conf_state) = conf_state {
+            if let Kind::Partition(replica) = &group.kind {
+                replica.handle.set_voters(&conf_state);
+            }
             if let Err(error) = group.raw.mut_store().stage_conf_state(batch, conf_state) {
                 error!(%error, "cannot record a conf change");
             }
@@ -554,12 +573,37 @@ impl Store {
     fn on_catalog_change(&mut self, change: Change) {
         let me = NodeId(self.config.node_id);
         match change {
+            Change::Bootstrapped => {
+                let nodes = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).nodes.clone();
+                for node in nodes.values() {
+                    self.transport.add_peer(node.id.0, &node.address);
+                }
+            }
+            Change::NodeAdded(node) => {
+                info!(node = node.id.0, address = %node.address, "node added to the cluster");
+                self.transport.add_peer(node.id.0, &node.address);
+            }
+            Change::NodeRemoved { id, moved } => {
+                info!(node = id.0, replicas_moved = moved.len(), "node removed from the cluster");
+                for (topic_name, info) in moved {
+                    if !info.replicas.contains(&me) || self.groups.contains_key(&info.group.0) {
+                        continue;
+                    }
+                    let topic =
+                        self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).topics.get(&topic_name).cloned();
+                    if let Some(topic) = topic {
+                        if let Err(error) = self.create_replica(&topic, info.partition, false) {
+                            error!(topic = %topic_name, partition = info.partition, %error, "cannot create a moved-in replica");
+                        }
+                    }
+                }
+            }
             Change::TopicCreated(topic) => {
                 for info in &topic.partitions {
                     if !info.replicas.contains(&me) || self.groups.contains_key(&info.group.0) {
                         continue;
                     }
-                    if let Err(error) = self.create_replica(&topic, info.partition) {
+                    if let Err(error) = self.create_replica(&topic, info.partition, true) {
                         error!(topic = %topic.name, partition = info.partition, %error, "cannot create the local replica");
                     }
                 }
@@ -588,16 +632,20 @@ impl Store {
         }
     }
 
-    fn create_replica(&mut self, topic: &TopicInfo, partition: u32) -> Result<()> {
+    /// Creates the local replica of a partition. A replica created with its topic starts with
+    /// the placement as its voters; one moved here later starts empty and is brought in by the
+    /// leader (conf change, then entries or a snapshot).
+    fn create_replica(&mut self, topic: &TopicInfo, partition: u32, founding: bool) -> Result<()> {
         let info = &topic.partitions[partition as usize];
-        let voters: Vec<u64> = info.replicas.iter().map(|node| node.0).collect();
+        let voters: Vec<u64> = if founding { info.replicas.iter().map(|node| node.0).collect() } else { Vec::new() };
         let (storage, existed) = GroupStorage::open(self.engine.clone(), info.group.0, &voters)?;
         let (mut storage, existed) = (storage, existed);
         let (replica, applied) = PartitionReplica::open(&self.config, &topic.name, &topic.config, info, &storage)?;
         storage.ensure_committed(applied);
+        replica.handle.set_voters(&raft::Storage::initial_state(&storage).map(|s| s.conf_state).unwrap_or_default());
         let mut raw = RawNode::new(&self.raft_config(applied), storage, &self.logger)
             .map_err(|e| Error::Engine(e.to_string()))?;
-        if !existed && info.replicas[0].0 == self.config.node_id {
+        if founding && !existed && info.replicas[0].0 == self.config.node_id {
             // The preferred leader campaigns at once, which spreads leaders as placement does.
             let _ = raw.campaign();
         }
@@ -611,6 +659,73 @@ impl Store {
             Group { raw, kind: Kind::Partition(Box::new(replica)), pending: BTreeMap::new(), failed: false, applied },
         );
         Ok(())
+    }
+
+    /// Brings each group this node leads towards the catalog's placement, one conf change at a
+    /// time (joint consensus when a replica moves): adds missing voters, removes extra ones,
+    /// and hands leadership away first when this node itself is to leave. Also proposes the
+    /// cluster's bootstrap entry when the metadata leader finds the catalog empty.
+    fn reconcile(&mut self) {
+        let me = self.config.node_id;
+        let catalog = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if catalog.nodes.is_empty() && !self.config.join {
+            if let Some(metadata) = self.groups.get_mut(&METADATA_GROUP.0) {
+                if metadata.raw.raft.state == StateRole::Leader {
+                    let nodes = self
+                        .config
+                        .peers
+                        .iter()
+                        .map(|peer| NodeInfo { id: NodeId(peer.id), address: peer.address.clone(), removed: false })
+                        .collect();
+                    if let Ok(data) = serde_json::to_vec(&Command::Bootstrap { nodes }) {
+                        let _ = metadata.raw.propose(Vec::new(), data);
+                    }
+                }
+            }
+            return;
+        }
+        for (id, group) in self.groups.iter_mut() {
+            if group.raw.raft.state != StateRole::Leader || group.raw.raft.has_pending_conf() {
+                continue;
+            }
+            let desired: std::collections::BTreeSet<u64> = match &group.kind {
+                Kind::Metadata => catalog.active_nodes().into_iter().map(|n| n.0).collect(),
+                Kind::Partition(_) => catalog
+                    .topics
+                    .values()
+                    .flat_map(|t| &t.partitions)
+                    .find(|p| p.group.0 == *id)
+                    .map(|p| p.replicas.iter().map(|n| n.0).collect())
+                    .unwrap_or_default(),
+            };
+            let conf = group.raw.raft.prs().conf().to_conf_state();
+            if desired.is_empty() || !conf.voters_outgoing.is_empty() {
+                continue;
+            }
+            let current: std::collections::BTreeSet<u64> = conf.voters.iter().copied().collect();
+            if current == desired {
+                continue;
+            }
+            if !desired.contains(&me) {
+                if let Some(successor) = desired.intersection(&current).next() {
+                    info!(group = id, to = successor, "handing leadership over before leaving the group");
+                    group.raw.transfer_leader(*successor);
+                }
+                continue;
+            }
+            use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+            let single = |node: u64, change_type| ConfChangeSingle { change_type, node_id: node, ..Default::default() };
+            let mut changes: Vec<ConfChangeSingle> =
+                desired.difference(&current).map(|node| single(*node, ConfChangeType::AddNode)).collect();
+            changes.extend(current.difference(&desired).map(|node| single(*node, ConfChangeType::RemoveNode)));
+            let mut change = ConfChangeV2::default();
+            change.set_transition(ConfChangeTransition::Auto);
+            change.set_changes(changes.into());
+            info!(group = id, from = ?current, to = ?desired, "changing the group's voters");
+            if let Err(error) = group.raw.propose_conf_change(Vec::new(), change) {
+                warn!(group = id, %error, "proposing a conf change failed");
+            }
+        }
     }
 
     /// Flushes every partition log and records the apply states (graceful stop).

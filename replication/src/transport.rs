@@ -36,18 +36,27 @@ const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub(crate) struct Transport {
     node_id: u64,
     peers: HashMap<u64, mpsc::Sender<RaftBatch>>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Transport {
     /// Starts one connection task per peer (inside the current tokio runtime).
-    pub fn start(node_id: u64, peers: &[PeerConfig]) -> Transport {
-        let mut senders = HashMap::new();
-        for peer in peers.iter().filter(|peer| peer.id != node_id) {
-            let (sender, queue) = mpsc::channel(PEER_QUEUE_BATCHES);
-            tokio::spawn(peer_link(peer.id, peer.address.clone(), queue));
-            senders.insert(peer.id, sender);
+    pub fn start(node_id: u64, peers: &[PeerConfig], runtime: tokio::runtime::Handle) -> Transport {
+        let mut transport = Transport { node_id, peers: HashMap::new(), runtime };
+        for peer in peers {
+            transport.add_peer(peer.id, &peer.address);
         }
-        Transport { node_id, peers: senders }
+        transport
+    }
+
+    /// Starts a connection to a node that joined (no-op if known, or if it is this node).
+    pub fn add_peer(&mut self, id: u64, address: &str) {
+        if id == self.node_id || self.peers.contains_key(&id) {
+            return;
+        }
+        let (sender, queue) = mpsc::channel(PEER_QUEUE_BATCHES);
+        self.runtime.spawn(peer_link(id, address.to_string(), queue));
+        self.peers.insert(id, sender);
     }
 
     /// Queues messages for a peer; drops them if its queue is full or the peer is unknown.

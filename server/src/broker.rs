@@ -118,7 +118,7 @@ fn status(error: Error) -> Status {
         Error::TopicExists(_) => Status::already_exists(error.to_string()),
         Error::InvalidRequest(_) => Status::invalid_argument(error.to_string()),
         Error::Overloaded => Status::resource_exhausted(error.to_string()),
-        Error::Stopped => Status::unavailable(error.to_string()),
+        Error::Stopped | Error::NotReady => Status::unavailable(error.to_string()),
         Error::Engine(_) => Status::internal(error.to_string()),
         Error::Log(ref log_error) => match log_error {
             log_store::Error::OffsetOutOfRange { .. } => Status::out_of_range(error.to_string()),
@@ -164,6 +164,10 @@ pub fn describe(cluster: &Cluster, topic: &TopicInfo) -> TopicDescription {
                     leader: status.as_ref().and_then(|s| s.leader).map(|n| n.0),
                     log_start_offset: status.as_ref().map_or(0, |s| s.log_start_offset.0),
                     high_watermark: status.as_ref().map_or(0, |s| s.high_watermark.0),
+                    voters: cluster
+                        .partition_voters(&topic.name, p.partition)
+                        .map(|voters| voters.iter().map(|n| n.0).collect())
+                        .unwrap_or_default(),
                 }
             })
             .collect(),
@@ -285,6 +289,30 @@ impl Broker for BrokerService {
         }
     }
 
+    async fn add_node(&self, request: Request<AddNodeRequest>) -> Result<Response<AddNodeResponse>, Status> {
+        let was_forwarded = forwarded(&request);
+        let message = request.into_inner();
+        match self.cluster.add_node(NodeId(message.id), message.address.clone()).await {
+            Ok(()) => Ok(Response::new(AddNodeResponse {})),
+            Err(error) => match self.forward_target(&error, was_forwarded) {
+                Some(leader) => self.peer(leader)?.add_node(marked(message)).await,
+                None => Err(self.status(error)),
+            },
+        }
+    }
+
+    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+        let was_forwarded = forwarded(&request);
+        let message = request.into_inner();
+        match self.cluster.remove_node(NodeId(message.id)).await {
+            Ok(()) => Ok(Response::new(RemoveNodeResponse {})),
+            Err(error) => match self.forward_target(&error, was_forwarded) {
+                Some(leader) => self.peer(leader)?.remove_node(marked(message)).await,
+                None => Err(self.status(error)),
+            },
+        }
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<ClusterStatusRequest>,
@@ -307,6 +335,7 @@ pub fn cluster_status(cluster: &Cluster) -> ClusterStatusResponse {
                 id: node.id.0,
                 address: node.address.clone(),
                 leaders: if node.id == me { cluster.leader_count() as u32 } else { 0 },
+                removed: node.removed,
             })
             .collect(),
     }

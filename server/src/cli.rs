@@ -302,13 +302,17 @@ pub async fn cluster_status(connection: &Connection) -> anyhow::Result<()> {
             json!({
                 "answered_by": status.answered_by,
                 "metadata_leader": status.metadata_leader,
-                "nodes": status.nodes.iter().map(|n| json!({"id": n.id, "address": n.address})).collect::<Vec<_>>(),
+                "nodes": status.nodes.iter().map(|n| json!({"id": n.id, "address": n.address, "removed": n.removed})).collect::<Vec<_>>(),
             })
         ),
         Output::Table => {
             println!("{:>6} {:<24} ROLE", "NODE", "ADDRESS");
             for node in &status.nodes {
-                let role = if status.metadata_leader == Some(node.id) { "metadata leader" } else { "" };
+                let role = match (status.metadata_leader == Some(node.id), node.removed) {
+                    (_, true) => "removed",
+                    (true, false) => "metadata leader",
+                    (false, false) => "",
+                };
                 println!("{:>6} {:<24} {}", node.id, node.address, role);
             }
         }
@@ -317,4 +321,61 @@ pub async fn cluster_status(connection: &Connection) -> anyhow::Result<()> {
         bail!("the node answered with no members");
     }
     Ok(())
+}
+
+pub async fn add_node(connection: &Connection, id: u64, address: &str) -> anyhow::Result<()> {
+    let client = Client::new(connection.bootstrap.clone());
+    client.add_node(id, address).await?;
+    match connection.output {
+        Output::Json => println!("{}", json!({"added": id, "address": address})),
+        Output::Table => println!("added node {id} at {address}"),
+    }
+    Ok(())
+}
+
+/// Removes a node, then waits until no replica of any partition, on any node, still counts it
+/// among the group's voters.
+pub async fn remove_node(connection: &Connection, id: u64, timeout_s: u64) -> anyhow::Result<()> {
+    let client = Client::new(connection.bootstrap.clone());
+    client.remove_node(id).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+    loop {
+        let pending = partitions_still_voting(&client, id).await?;
+        if pending == 0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("node {id} is removed from the catalog but {pending} partitions still count it as a voter");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    match connection.output {
+        Output::Json => println!("{}", json!({"removed": id})),
+        Output::Table => println!("removed node {id}; its replicas have moved"),
+    }
+    Ok(())
+}
+
+/// Partitions whose voters, as some node's replica sees them, still include `id`; a partition
+/// no remaining node can describe counts as pending too.
+async fn partitions_still_voting(client: &Client, id: u64) -> anyhow::Result<usize> {
+    let status = client.cluster_status().await?;
+    let mut seen: std::collections::HashMap<(String, u32), bool> = std::collections::HashMap::new();
+    for node in status.nodes.iter().filter(|n| !n.removed) {
+        let direct = Client::new(vec![node.address.clone()]).with_retry_deadline(std::time::Duration::from_secs(2));
+        let Ok(topics) = direct.list_topics().await else { continue };
+        for topic in topics {
+            for partition in topic.partitions {
+                let key = (topic.name.clone(), partition.partition);
+                let settled = seen.entry(key).or_insert(true);
+                if partition.voters.is_empty() {
+                    continue;
+                }
+                if partition.voters.contains(&id) || partition.replicas.contains(&id) {
+                    *settled = false;
+                }
+            }
+        }
+    }
+    Ok(seen.values().filter(|settled| !**settled).count())
 }

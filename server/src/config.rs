@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub admin_listen: String,
     /// Every node of the initial cluster, this one included; empty means a one-node cluster.
     pub peers: Vec<Peer>,
+    /// Join a running cluster (then add this node with `robustmq cluster add-node`) instead of
+    /// founding one with `peers`.
+    pub join: bool,
     /// Largest record batch a partition accepts, in bytes.
     pub batch_bytes_max: usize,
     /// Raft timing.
@@ -79,6 +82,7 @@ impl Default for NodeConfig {
             advertised_address: None,
             admin_listen: "0.0.0.0:8080".into(),
             peers: Vec::new(),
+            join: false,
             batch_bytes_max: replication::ReplicationConfig::default().batch_bytes_max,
             raft: RaftSettings::default(),
         }
@@ -126,8 +130,8 @@ impl NodeConfig {
         if peers.iter().any(|p| p.id == 0) {
             bail!("peer ids must not be 0");
         }
-        if !peers.iter().any(|p| p.id == self.node_id) {
-            bail!("peers does not include this node (node_id {})", self.node_id);
+        if !self.join && !peers.iter().any(|p| p.id == self.node_id) {
+            bail!("peers does not include this node (node_id {}); to join a running cluster, set join", self.node_id);
         }
         if self.raft.tick_ms == 0
             || self.raft.heartbeat_ticks == 0
@@ -139,6 +143,7 @@ impl NodeConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
             peers,
+            join: self.join,
             tick_ms: self.raft.tick_ms,
             election_ticks: self.raft.election_ticks,
             heartbeat_ticks: self.raft.heartbeat_ticks,

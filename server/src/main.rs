@@ -72,6 +72,24 @@ enum Command {
 enum ClusterCommand {
     /// The nodes and who leads the metadata group.
     Status,
+    /// Add a node that was started with --join.
+    AddNode {
+        /// Its node id.
+        #[arg(long)]
+        id: u64,
+        /// Its gRPC address, as the other nodes reach it.
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a node: its replicas move to the other nodes; waits until they have.
+    RemoveNode {
+        /// Its node id.
+        #[arg(long)]
+        id: u64,
+        /// Give up waiting for the replicas to move after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+    },
 }
 
 /// Flags of `serve`; each overrides the config file, which overrides the embedded defaults.
@@ -98,6 +116,9 @@ struct ServeArgs {
     /// A member of the initial cluster as ID=HOST:PORT; repeat for each (this node included).
     #[arg(long = "peer", value_parser = parse_peer)]
     peers: Vec<Peer>,
+    /// Join a running cluster (reached through the --peer nodes) instead of founding one.
+    #[arg(long)]
+    join: bool,
 }
 
 fn parse_peer(text: &str) -> Result<Peer, String> {
@@ -130,11 +151,25 @@ impl ServeArgs {
         if !self.peers.is_empty() {
             config.peers = self.peers;
         }
+        if self.join {
+            config.join = true;
+        }
         Ok(config)
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The cause chain on one line; no backtrace for an operator's mistake.
+            eprintln!("Error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let serving = matches!(cli.command, None | Some(Command::Serve(_)));
     tracing_subscriber::fmt()
@@ -151,6 +186,12 @@ fn main() -> anyhow::Result<()> {
             Command::Produce { args, connection } => cli::produce(&connection, args).await,
             Command::Consume { args, connection } => cli::consume(&connection, args).await,
             Command::Cluster { command: ClusterCommand::Status, connection } => cli::cluster_status(&connection).await,
+            Command::Cluster { command: ClusterCommand::AddNode { id, address }, connection } => {
+                cli::add_node(&connection, id, &address).await
+            }
+            Command::Cluster { command: ClusterCommand::RemoveNode { id, timeout_s }, connection } => {
+                cli::remove_node(&connection, id, timeout_s).await
+            }
         }
     })
 }

@@ -14,6 +14,7 @@ pub struct Node {
     pub admin: String,
     child: Option<Child>,
     starts: u32,
+    join: bool,
 }
 
 /// A cluster of node processes that are all killed when it is dropped.
@@ -45,6 +46,7 @@ impl TestCluster {
                 admin: format!("127.0.0.1:{}", free_port()),
                 child: None,
                 starts: 0,
+                join: false,
             })
             .collect();
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
@@ -57,6 +59,24 @@ impl TestCluster {
 
     pub fn node(&self, id: u64) -> &Node {
         &self.nodes[(id - 1) as usize]
+    }
+
+    /// Adds a node process that joins the running cluster (it still has to be added with
+    /// `add_node` through the API); returns its id.
+    pub fn start_joining_node(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let root = self.nodes[0].dir.parent().unwrap().to_path_buf();
+        self.nodes.push(Node {
+            id,
+            dir: root.join(format!("node{id}")),
+            grpc: format!("127.0.0.1:{}", free_port()),
+            admin: format!("127.0.0.1:{}", free_port()),
+            child: None,
+            starts: 0,
+            join: true,
+        });
+        self.restart(id);
+        id
     }
 
     /// Starts (or starts again) a node with the same data directory and ports.
@@ -72,6 +92,9 @@ impl TestCluster {
             "node_id = {id}\ndata_dir = {:?}\ngrpc_listen = {:?}\nadmin_listen = {:?}\n",
             node.dir, node.grpc, node.admin
         );
+        if node.join {
+            config.push_str("join = true\n");
+        }
         for peer in &peers {
             let (peer_id, address) = peer.split_once('=').unwrap();
             config.push_str(&format!("[[peers]]\nid = {peer_id}\naddress = {address:?}\n"));

@@ -3,4 +3,5 @@
 mod bad_input;
 mod failover;
 mod harness;
+mod membership;
 mod quorum;
