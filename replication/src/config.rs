@@ -40,6 +40,9 @@ pub struct ReplicationConfig {
     pub segment_bytes: u64,
     /// Bound of the store loop's inbox; when full, proposals get `Overloaded`.
     pub inbox_capacity: usize,
+    /// Randomise election timeouts (Raft's defence against split votes). Only the
+    /// deterministic simulation turns this off, staggering `election_ticks` per node instead.
+    pub randomized_elections: bool,
 }
 
 impl ReplicationConfig {
@@ -69,6 +72,7 @@ impl Default for ReplicationConfig {
             batch_bytes_max: 1024 * 1024 + 12,
             segment_bytes: 1 << 30,
             inbox_capacity: 8192,
+            randomized_elections: true,
         }
     }
 }

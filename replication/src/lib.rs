@@ -17,6 +17,7 @@
 //! * `store` — the store loop that drives every group.
 //! * `transport` — node-to-node gRPC streams, bounded and reconnecting.
 //! * `cluster` — the handle the rest of the node uses.
+//! * `simulation` (tests) — several nodes' store loops over a faulty simulated network.
 #![deny(missing_docs)]
 
 mod catalog;
@@ -26,6 +27,8 @@ mod error;
 mod ids;
 mod partition;
 mod raft_storage;
+#[cfg(test)]
+mod simulation;
 mod store;
 mod transport;
 

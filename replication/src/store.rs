@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::ids::{GroupId, NodeId, METADATA_GROUP};
 use crate::partition::PartitionReplica;
 use crate::raft_storage::{engine_error, GroupStorage, SnapshotData};
-use crate::transport::{RaftService, Transport};
+use crate::transport::{Outbox, RaftService, Transport};
 
 /// Most inbox messages handled before the loop looks at the groups again.
 const INBOX_DRAIN_MAX: usize = 4096;
@@ -117,72 +117,27 @@ impl Group {
 /// Starts the node's replication: opens raft-engine, the metadata group and the transport,
 /// and spawns the store loop thread. Must be called inside a tokio runtime.
 pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
-    let raft_dir = config.data_dir.join("raft");
-    std::fs::create_dir_all(&raft_dir)
-        .map_err(|e| Error::Engine(format!("cannot create {}: {e}", raft_dir.display())))?;
-    let engine_config = raft_engine::Config {
-        dir: raft_dir.to_string_lossy().into_owned(),
-        // Batches are mostly already-compressed record batches: do not compress again.
-        batch_compression_threshold: raft_engine::ReadableSize(0),
-        ..raft_engine::Config::default()
-    };
-    let engine = Arc::new(Engine::open(engine_config).map_err(engine_error)?);
-    let (inbox, receiver) = crossbeam_channel::bounded(config.inbox_capacity);
-    let shared = Arc::new(Shared {
-        node_id: NodeId(config.node_id),
-        catalog: RwLock::new(Catalog::new()),
-        partitions: RwLock::new(HashMap::new()),
-        metadata_leader: AtomicU64::new(0),
-        inbox: inbox.clone(),
-        peers: config.peers.iter().map(|peer| (NodeId(peer.id), peer.address.clone())).collect(),
-        stopped: AtomicBool::new(false),
-    });
-    let transport = Transport::start(config.node_id, &config.peers, tokio::runtime::Handle::current());
-    // A joining node starts outside the metadata group; the leader adds it (see `reconcile`).
-    let voters: Vec<u64> = if config.join { Vec::new() } else { config.peers.iter().map(|peer| peer.id).collect() };
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut store = Store {
-        config,
-        engine,
-        groups: HashMap::new(),
-        shared: shared.clone(),
-        transport,
-        logger,
-        inbox: receiver,
-        runtime: tokio::runtime::Handle::current(),
-        installing: HashSet::new(),
-        snapshots_sent: HashMap::new(),
-        last_purge: Instant::now(),
-        last_reconcile: Instant::now(),
-    };
-    let (storage, existed) = GroupStorage::open(store.engine.clone(), METADATA_GROUP.0, &voters)?;
-    let mut raw =
-        RawNode::new(&store.raft_config(0), storage, &store.logger).map_err(|e| Error::Engine(e.to_string()))?;
-    if !existed && voters.len() == 1 {
-        // A brand-new single-node cluster need not wait an election timeout.
-        let _ = raw.campaign();
-    }
-    store.groups.insert(
-        METADATA_GROUP.0,
-        Group { raw, kind: Kind::Metadata, pending: BTreeMap::new(), failed: false, applied: 0 },
-    );
+    let runtime = tokio::runtime::Handle::current();
+    let transport = Transport::start(config.node_id, &config.peers, runtime.clone());
+    let (store, shared) = Store::open(config, Box::new(transport), Some(runtime))?;
     std::thread::Builder::new()
         .name("store-loop".into())
         .spawn(move || store.run())
         .map_err(|e| Error::Engine(format!("cannot start the store loop: {e}")))?;
-    drop(inbox);
     Ok((Cluster::new(shared.clone()), RaftService::new(shared)))
 }
 
-struct Store {
+pub(crate) struct Store {
     config: ReplicationConfig,
     engine: Arc<Engine>,
-    groups: HashMap<u64, Group>,
+    /// Ordered, so that a simulation replays every run the same way.
+    groups: BTreeMap<u64, Group>,
     shared: Arc<Shared>,
-    transport: Transport,
+    transport: Box<dyn Outbox>,
     logger: slog::Logger,
     inbox: Receiver<StoreMsg>,
-    runtime: tokio::runtime::Handle,
+    /// Where snapshot data is pulled; `None` in the simulation, which never compacts.
+    runtime: Option<tokio::runtime::Handle>,
     /// Partition groups pulling snapshot data right now.
     installing: HashSet<u64>,
     /// Snapshots sent as leader: (group, follower) → when.
@@ -195,6 +150,62 @@ struct Store {
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(300);
 
 impl Store {
+    /// Opens raft-engine and the metadata group; the caller drives the loop.
+    pub(crate) fn open(
+        config: ReplicationConfig,
+        transport: Box<dyn Outbox>,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> Result<(Store, Arc<Shared>)> {
+        let raft_dir = config.data_dir.join("raft");
+        std::fs::create_dir_all(&raft_dir)
+            .map_err(|e| Error::Engine(format!("cannot create {}: {e}", raft_dir.display())))?;
+        let engine_config = raft_engine::Config {
+            dir: raft_dir.to_string_lossy().into_owned(),
+            // Batches are mostly already-compressed record batches: do not compress again.
+            batch_compression_threshold: raft_engine::ReadableSize(0),
+            ..raft_engine::Config::default()
+        };
+        let engine = Arc::new(Engine::open(engine_config).map_err(engine_error)?);
+        let (inbox, receiver) = crossbeam_channel::bounded(config.inbox_capacity);
+        let shared = Arc::new(Shared {
+            node_id: NodeId(config.node_id),
+            catalog: RwLock::new(Catalog::new()),
+            partitions: RwLock::new(HashMap::new()),
+            metadata_leader: AtomicU64::new(0),
+            inbox,
+            peers: config.peers.iter().map(|peer| (NodeId(peer.id), peer.address.clone())).collect(),
+            stopped: AtomicBool::new(false),
+        });
+        // A joining node starts outside the metadata group; the leader adds it (see `reconcile`).
+        let voters: Vec<u64> = if config.join { Vec::new() } else { config.peers.iter().map(|peer| peer.id).collect() };
+        let mut store = Store {
+            config,
+            engine,
+            groups: BTreeMap::new(),
+            shared: shared.clone(),
+            transport,
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            inbox: receiver,
+            runtime,
+            installing: HashSet::new(),
+            snapshots_sent: HashMap::new(),
+            last_purge: Instant::now(),
+            last_reconcile: Instant::now(),
+        };
+        let (storage, existed) = GroupStorage::open(store.engine.clone(), METADATA_GROUP.0, &voters)?;
+        let mut raw =
+            RawNode::new(&store.raft_config(0), storage, &store.logger).map_err(|e| Error::Engine(e.to_string()))?;
+        if !existed && voters.len() == 1 {
+            // A brand-new single-node cluster need not wait an election timeout.
+            let _ = raw.campaign();
+        }
+        store.groups.insert(
+            METADATA_GROUP.0,
+            Group { raw, kind: Kind::Metadata, pending: BTreeMap::new(), failed: false, applied: 0 },
+        );
+        Ok((store, shared))
+    }
+
     fn raft_config(&self, applied: u64) -> raft::Config {
         raft::Config {
             id: self.config.node_id,
@@ -206,8 +217,29 @@ impl Store {
             max_uncommitted_size: UNCOMMITTED_BYTES_MAX,
             check_quorum: true,
             pre_vote: true,
-            batch_append: true,
+            // raft-rs 0.7 merges new entries into a queued MsgAppend without checking the
+            // message's index, so after a rejection it can send entries that do not follow the
+            // index; the follower then acknowledges entries it does not have. The simulation
+            // found it (duplicated and reordered messages); keep batching off.
+            batch_append: false,
+            // A simulation fixes each node's election timeout (raft-rs draws it from an unseeded
+            // generator otherwise), staggered by the configured ticks.
+            min_election_tick: if self.config.randomized_elections { 0 } else { self.config.election_ticks },
+            max_election_tick: if self.config.randomized_elections { 0 } else { self.config.election_ticks + 1 },
             ..raft::Config::default()
+        }
+    }
+
+    /// Whether this node leads the group right now.
+    #[cfg(test)]
+    pub(crate) fn is_leader(&self, group: GroupId) -> bool {
+        self.groups.get(&group.0).is_some_and(|g| g.raw.raft.state == StateRole::Leader)
+    }
+
+    /// Advances every group's logical clock by one tick.
+    pub(crate) fn tick(&mut self) {
+        for group in self.groups.values_mut() {
+            group.raw.tick();
         }
     }
 
@@ -231,9 +263,7 @@ impl Store {
                 }
             }
             if Instant::now() >= next_tick {
-                for group in self.groups.values_mut() {
-                    group.raw.tick();
-                }
+                self.tick();
                 next_tick = Instant::now() + tick;
                 self.expire_snapshots();
                 if self.last_reconcile.elapsed() >= RECONCILE_INTERVAL {
@@ -261,7 +291,7 @@ impl Store {
         self.shutdown();
     }
 
-    fn handle(&mut self, message: StoreMsg) {
+    pub(crate) fn handle(&mut self, message: StoreMsg) {
         match message {
             StoreMsg::Raft(messages) => {
                 for (id, message) in messages {
@@ -270,11 +300,12 @@ impl Store {
                         if let Kind::Partition(replica) = &group.kind {
                             // The snapshot's data (the log) is pulled first, off the loop; the
                             // message is stepped once it is in place.
-                            if self.installing.insert(id) {
+                            if let Some(runtime) = self.runtime.as_ref().filter(|_| !self.installing.contains(&id)) {
+                                self.installing.insert(id);
                                 let source = self.shared.address_of(NodeId(message.from));
                                 let local_next = replica.next_offset();
                                 let inbox = self.shared.inbox.clone();
-                                self.runtime.spawn(install_snapshot(inbox, source, id, message, local_next));
+                                runtime.spawn(install_snapshot(inbox, source, id, message, local_next));
                             }
                             continue;
                         }
@@ -329,9 +360,9 @@ impl Store {
         }
     }
 
-    fn process_readies(&mut self) -> Result<()> {
+    pub(crate) fn process_readies(&mut self) -> Result<()> {
         let mut batch = LogBatch::default();
-        let mut outbound: HashMap<u64, Vec<(u64, Message)>> = HashMap::new();
+        let mut outbound: BTreeMap<u64, Vec<(u64, Message)>> = BTreeMap::new();
         let mut after_persist: Vec<(u64, Message)> = Vec::new();
         let mut readies = Vec::new();
         let mut changes = Vec::new();
@@ -665,7 +696,7 @@ impl Store {
     /// time (joint consensus when a replica moves): adds missing voters, removes extra ones,
     /// and hands leadership away first when this node itself is to leave. Also proposes the
     /// cluster's bootstrap entry when the metadata leader finds the catalog empty.
-    fn reconcile(&mut self) {
+    pub(crate) fn reconcile(&mut self) {
         let me = self.config.node_id;
         let catalog = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).clone();
         if catalog.nodes.is_empty() && !self.config.join {

@@ -32,6 +32,14 @@ const PEER_QUEUE_BATCHES: usize = 1024;
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// Where the store loop sends Raft messages: the gRPC transport, or a simulated network.
+pub(crate) trait Outbox: Send {
+    /// Queues messages for a node; may drop them (Raft retransmits).
+    fn send(&mut self, to: u64, messages: Vec<(u64, Message)>);
+    /// Learns a node that joined the cluster.
+    fn add_peer(&mut self, id: u64, address: &str);
+}
+
 /// The sending side, owned by the store loop.
 pub(crate) struct Transport {
     node_id: u64,
@@ -48,9 +56,11 @@ impl Transport {
         }
         transport
     }
+}
 
+impl Outbox for Transport {
     /// Starts a connection to a node that joined (no-op if known, or if it is this node).
-    pub fn add_peer(&mut self, id: u64, address: &str) {
+    fn add_peer(&mut self, id: u64, address: &str) {
         if id == self.node_id || self.peers.contains_key(&id) {
             return;
         }
@@ -60,7 +70,7 @@ impl Transport {
     }
 
     /// Queues messages for a peer; drops them if its queue is full or the peer is unknown.
-    pub fn send(&self, to: u64, messages: Vec<(u64, Message)>) {
+    fn send(&mut self, to: u64, messages: Vec<(u64, Message)>) {
         let Some(peer) = self.peers.get(&to) else { return };
         let envelopes = messages
             .iter()
