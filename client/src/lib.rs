@@ -215,9 +215,7 @@ impl Client {
     /// Removes a node: its replicas move to other nodes.
     pub async fn remove_node(&self, id: u64) -> Result<(), Error> {
         let request = RemoveNodeRequest { id };
-        self.call(|mut c| async move { c.remove_node(request).await })
-        .await
-        .map(|_| ())
+        self.call(|mut c| async move { c.remove_node(request).await }).await.map(|_| ())
     }
 
     /// The cluster as the answering node sees it.

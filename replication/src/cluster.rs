@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub inbox: Sender<StoreMsg>,
     pub peers: BTreeMap<NodeId, String>,
     pub stopped: AtomicBool,
+    /// Entries each follower is behind, for groups this node leads: (group, follower) → lag.
+    pub follower_lag: RwLock<BTreeMap<(GroupId, NodeId), u64>>,
 }
 
 impl Shared {
@@ -114,6 +116,11 @@ impl Cluster {
             log_start_offset: handle.reader.log_start_offset(),
             high_watermark,
         })
+    }
+
+    /// How many Raft entries each follower is behind, for the groups this node leads.
+    pub fn follower_lag(&self) -> BTreeMap<(GroupId, NodeId), u64> {
+        self.shared.follower_lag.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Groups this node currently leads (metadata included).

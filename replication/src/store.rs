@@ -175,6 +175,7 @@ impl Store {
             inbox,
             peers: config.peers.iter().map(|peer| (NodeId(peer.id), peer.address.clone())).collect(),
             stopped: AtomicBool::new(false),
+            follower_lag: RwLock::new(BTreeMap::new()),
         });
         // A joining node starts outside the metadata group; the leader adds it (see `reconcile`).
         let voters: Vec<u64> = if config.join { Vec::new() } else { config.peers.iter().map(|peer| peer.id).collect() };
@@ -697,6 +698,7 @@ impl Store {
     /// and hands leadership away first when this node itself is to leave. Also proposes the
     /// cluster's bootstrap entry when the metadata leader finds the catalog empty.
     pub(crate) fn reconcile(&mut self) {
+        self.record_follower_lag();
         let me = self.config.node_id;
         let catalog = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).clone();
         if catalog.nodes.is_empty() && !self.config.join {
@@ -757,6 +759,23 @@ impl Store {
                 warn!(group = id, %error, "proposing a conf change failed");
             }
         }
+    }
+
+    /// Publishes how far behind each follower is, for the metrics.
+    fn record_follower_lag(&self) {
+        let mut lag = BTreeMap::new();
+        for (id, group) in &self.groups {
+            if group.raw.raft.state != StateRole::Leader {
+                continue;
+            }
+            let last = group.raw.raft.raft_log.last_index();
+            for (follower, progress) in group.raw.raft.prs().iter() {
+                if *follower != self.config.node_id {
+                    lag.insert((GroupId(*id), NodeId(*follower)), last.saturating_sub(progress.matched));
+                }
+            }
+        }
+        *self.shared.follower_lag.write().unwrap_or_else(|p| p.into_inner()) = lag;
     }
 
     /// Flushes every partition log and records the apply states (graceful stop).

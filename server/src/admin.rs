@@ -37,8 +37,7 @@ async fn health(State(admin): State<Admin>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
-    admin.metrics.leaders.set(admin.cluster.leader_count() as i64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], admin.metrics.render())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], admin.metrics.render(&admin.cluster))
 }
 
 async fn cluster_json(State(admin): State<Admin>) -> impl IntoResponse {

@@ -96,6 +96,13 @@ impl BrokerService {
             {
                 Status::unavailable(format!("{error} (as far as this node knows; no metadata leader reachable yet)"))
             }
+            Error::NotLeader { leader: Some(leader) } => {
+                let mut status = status(error);
+                if let Some(Ok(address)) = self.cluster.address_of(leader).map(|a| a.parse()) {
+                    status.metadata_mut().insert("x-robustmq-leader-address", address);
+                }
+                status
+            }
             other => status(other),
         }
     }

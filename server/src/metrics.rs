@@ -1,7 +1,8 @@
 //! Prometheus metrics of the node, in the process-wide default registry (raft-engine registers
 //! its own there too: fsync latency is `raft_engine_sync_log_duration_seconds`).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use replication::Cluster;
 
 /// The node's own metrics.
 pub struct Metrics {
@@ -15,6 +16,8 @@ pub struct Metrics {
     pub fetch_requests: IntCounterVec,
     /// Raft groups this node leads (set at scrape time).
     pub leaders: IntGauge,
+    /// Entries each follower is behind, per group this node leads (set at scrape time).
+    pub follower_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -40,17 +43,32 @@ impl Metrics {
             )
             .expect("valid metric"),
             leaders: IntGauge::new("robustmq_leaders", "Raft groups this node leads").expect("valid metric"),
+            follower_lag: IntGaugeVec::new(
+                Opts::new(
+                    "robustmq_follower_lag_entries",
+                    "Raft entries a follower is behind, per group this node leads",
+                ),
+                &["group", "follower"],
+            )
+            .expect("valid metric"),
         };
         let _ = registry.register(Box::new(metrics.produce_requests.clone()));
         let _ = registry.register(Box::new(metrics.produce_bytes.clone()));
         let _ = registry.register(Box::new(metrics.commit_latency.clone()));
         let _ = registry.register(Box::new(metrics.fetch_requests.clone()));
         let _ = registry.register(Box::new(metrics.leaders.clone()));
+        let _ = registry.register(Box::new(metrics.follower_lag.clone()));
         metrics
     }
 
-    /// The Prometheus text exposition of every registered metric.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition of every registered metric, with the gauges that are
+    /// read from the cluster brought up to date first.
+    pub fn render(&self, cluster: &Cluster) -> String {
+        self.leaders.set(cluster.leader_count() as i64);
+        self.follower_lag.reset();
+        for ((group, follower), lag) in cluster.follower_lag() {
+            self.follower_lag.with_label_values(&[&group.0.to_string(), &follower.0.to_string()]).set(lag as i64);
+        }
         let mut out = String::new();
         let families = prometheus::default_registry().gather();
         if prometheus::TextEncoder::new().encode_utf8(&families, &mut out).is_err() {

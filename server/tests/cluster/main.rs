@@ -1,5 +1,6 @@
 //! Black-box tests of real node processes on loopback, through the project's own client.
 
+mod admin;
 mod bad_input;
 mod failover;
 mod harness;
