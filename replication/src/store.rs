@@ -65,6 +65,8 @@ pub(crate) enum StoreMsg {
         data: Vec<u8>,
         reply: Reply,
     },
+    /// The transport lost a peer: wake the groups it leads so they can elect another leader.
+    PeerUnreachable(u64),
     /// Snapshot data pulled from another replica, to append as stored.
     InstallBatches {
         group: u64,
@@ -101,12 +103,45 @@ struct Group {
     pending: BTreeMap<u64, (u64, Reply)>,
     /// Applying failed locally (disk): the group stops applying until restart.
     failed: bool,
+    /// Ticks the group has been settled without a message (heartbeats aside) or proposal.
+    idle_ticks: usize,
+    /// Settled and idle: not ticked until something happens (see `tick`).
+    hibernating: bool,
     /// Index of the last entry applied to the state machine — ahead of raft-rs's own `applied`
     /// between applying a Ready's entries and `advance_apply`, which is when logs are flushed.
     applied: u64,
 }
 
 impl Group {
+    fn new(raw: RawNode<GroupStorage>, kind: Kind, applied: u64) -> Group {
+        Group { raw, kind, pending: BTreeMap::new(), failed: false, idle_ticks: 0, hibernating: false, applied }
+    }
+
+    fn wake(&mut self) {
+        self.idle_ticks = 0;
+        self.hibernating = false;
+    }
+
+    /// Nothing in flight: a leader whose every voter has every entry, all committed, no
+    /// proposal waiting and no conf change pending; or a follower with a leader and nothing
+    /// uncommitted. Only then may the group stop ticking.
+    fn settled(&self) -> bool {
+        let raft = &self.raw.raft;
+        let last = raft.raft_log.last_index();
+        if raft.raft_log.committed != last || !self.pending.is_empty() {
+            return false;
+        }
+        match raft.state {
+            StateRole::Leader => {
+                !raft.has_pending_conf()
+                    && raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
+                    && raft.prs().iter().all(|(_, progress)| progress.matched == last)
+            }
+            StateRole::Follower => raft.leader_id != 0,
+            _ => false,
+        }
+    }
+
     fn fail_pending(&mut self, leader: Option<NodeId>) {
         for (_, (_, reply)) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(Error::NotLeader { leader }));
@@ -118,8 +153,9 @@ impl Group {
 /// and spawns the store loop thread. Must be called inside a tokio runtime.
 pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
     let runtime = tokio::runtime::Handle::current();
-    let transport = Transport::start(config.node_id, &config.peers, runtime.clone());
-    let (store, shared) = Store::open(config, Box::new(transport), Some(runtime))?;
+    let (inbox, receiver) = crossbeam_channel::bounded(config.inbox_capacity);
+    let transport = Transport::start(config.node_id, &config.peers, runtime.clone(), inbox.clone());
+    let (store, shared) = Store::open(config, Box::new(transport), Some(runtime), (inbox, receiver))?;
     std::thread::Builder::new()
         .name("store-loop".into())
         .spawn(move || store.run())
@@ -155,6 +191,7 @@ impl Store {
         config: ReplicationConfig,
         transport: Box<dyn Outbox>,
         runtime: Option<tokio::runtime::Handle>,
+        (inbox, receiver): (Sender<StoreMsg>, Receiver<StoreMsg>),
     ) -> Result<(Store, Arc<Shared>)> {
         let raft_dir = config.data_dir.join("raft");
         std::fs::create_dir_all(&raft_dir)
@@ -166,7 +203,6 @@ impl Store {
             ..raft_engine::Config::default()
         };
         let engine = Arc::new(Engine::open(engine_config).map_err(engine_error)?);
-        let (inbox, receiver) = crossbeam_channel::bounded(config.inbox_capacity);
         let shared = Arc::new(Shared {
             node_id: NodeId(config.node_id),
             catalog: RwLock::new(Catalog::new()),
@@ -200,10 +236,7 @@ impl Store {
             // A brand-new single-node cluster need not wait an election timeout.
             let _ = raw.campaign();
         }
-        store.groups.insert(
-            METADATA_GROUP.0,
-            Group { raw, kind: Kind::Metadata, pending: BTreeMap::new(), failed: false, applied: 0 },
-        );
+        store.groups.insert(METADATA_GROUP.0, Group::new(raw, Kind::Metadata, 0));
         Ok((store, shared))
     }
 
@@ -237,11 +270,40 @@ impl Store {
         self.groups.get(&group.0).is_some_and(|g| g.raw.raft.state == StateRole::Leader)
     }
 
-    /// Advances every group's logical clock by one tick.
+    /// Advances the logical clock of every group that is not hibernating.
+    ///
+    /// Quiescence: a group that stayed settled for `hibernate_after` ticks stops ticking, so
+    /// thousands of idle partitions cost nothing. Its leader stops heartbeating and its
+    /// followers stop counting towards an election together, because both sides go quiet only
+    /// when settled. Any message or proposal wakes a group; so does the transport reporting
+    /// the leader's node lost (connection closed or keepalive timeout), which lets followers
+    /// elect a new leader.
     pub(crate) fn tick(&mut self) {
+        // Followers go quiet well within an election timeout, leaders only after: so no
+        // follower is still counting towards an election when its leader stops heartbeating.
+        let follower_after = (self.config.election_ticks / 2).max(1);
+        let leader_after = self.config.election_ticks * 2;
         for group in self.groups.values_mut() {
+            if group.hibernating {
+                continue;
+            }
             group.raw.tick();
+            if !group.settled() {
+                group.idle_ticks = 0;
+                continue;
+            }
+            group.idle_ticks += 1;
+            let quiet_after = if group.raw.raft.state == StateRole::Leader { leader_after } else { follower_after };
+            if group.idle_ticks >= quiet_after {
+                group.hibernating = true;
+            }
         }
+    }
+
+    /// Groups not ticking right now.
+    #[cfg(test)]
+    pub(crate) fn hibernating_groups(&self) -> usize {
+        self.groups.values().filter(|g| g.hibernating).count()
     }
 
     fn run(mut self) {
@@ -311,7 +373,22 @@ impl Store {
                             continue;
                         }
                     }
+                    // Heartbeats keep a quiet group quiet; anything else means work.
+                    if !matches!(message.get_msg_type(), MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse)
+                    {
+                        group.wake();
+                    }
                     let _ = group.raw.step(message);
+                }
+            }
+            StoreMsg::PeerUnreachable(peer) => {
+                for group in self.groups.values_mut() {
+                    if group.raw.raft.leader_id == peer {
+                        group.wake();
+                    }
+                    if group.raw.raft.state == StateRole::Leader {
+                        group.raw.report_unreachable(peer);
+                    }
                 }
             }
             StoreMsg::InstallBatches { group, batches, reply } => {
@@ -331,6 +408,7 @@ impl Store {
             StoreMsg::SnapshotReady { group, message } => {
                 self.installing.remove(&group);
                 if let Some(group) = self.groups.get_mut(&group) {
+                    group.wake();
                     let _ = group.raw.step(message);
                 }
             }
@@ -342,6 +420,7 @@ impl Store {
                     let _ = reply.send(Err(Error::NotLeader { leader: None }));
                     return;
                 };
+                target.wake();
                 if target.raw.raft.state != StateRole::Leader {
                     let leader = Some(target.raw.raft.leader_id).filter(|id| *id != 0).map(NodeId);
                     let _ = reply.send(Err(Error::NotLeader { leader }));
@@ -686,10 +765,7 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert((topic.name.clone(), partition), replica.handle.clone());
-        self.groups.insert(
-            info.group.0,
-            Group { raw, kind: Kind::Partition(Box::new(replica)), pending: BTreeMap::new(), failed: false, applied },
-        );
+        self.groups.insert(info.group.0, Group::new(raw, Kind::Partition(Box::new(replica)), applied));
         Ok(())
     }
 
@@ -711,6 +787,7 @@ impl Store {
                         .map(|peer| NodeInfo { id: NodeId(peer.id), address: peer.address.clone(), removed: false })
                         .collect();
                     if let Ok(data) = serde_json::to_vec(&Command::Bootstrap { nodes }) {
+                        metadata.wake();
                         let _ = metadata.raw.propose(Vec::new(), data);
                     }
                 }
@@ -742,6 +819,7 @@ impl Store {
             if !desired.contains(&me) {
                 if let Some(successor) = desired.intersection(&current).next() {
                     info!(group = id, to = successor, "handing leadership over before leaving the group");
+                    group.wake();
                     group.raw.transfer_leader(*successor);
                 }
                 continue;
@@ -755,6 +833,7 @@ impl Store {
             change.set_transition(ConfChangeTransition::Auto);
             change.set_changes(changes.into());
             info!(group = id, from = ?current, to = ?desired, "changing the group's voters");
+            group.wake();
             if let Err(error) = group.raw.propose_conf_change(Vec::new(), change) {
                 warn!(group = id, %error, "proposing a conf change failed");
             }

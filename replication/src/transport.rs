@@ -31,6 +31,8 @@ pub(crate) const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 << 20;
 const PEER_QUEUE_BATCHES: usize = 1024;
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where the store loop sends Raft messages: the gRPC transport, or a simulated network.
 pub(crate) trait Outbox: Send {
@@ -45,12 +47,19 @@ pub(crate) struct Transport {
     node_id: u64,
     peers: HashMap<u64, mpsc::Sender<RaftBatch>>,
     runtime: tokio::runtime::Handle,
+    /// Where a lost peer is reported, so groups it leads wake up (see quiescence in `store`).
+    inbox: Sender<StoreMsg>,
 }
 
 impl Transport {
     /// Starts one connection task per peer (inside the current tokio runtime).
-    pub fn start(node_id: u64, peers: &[PeerConfig], runtime: tokio::runtime::Handle) -> Transport {
-        let mut transport = Transport { node_id, peers: HashMap::new(), runtime };
+    pub fn start(
+        node_id: u64,
+        peers: &[PeerConfig],
+        runtime: tokio::runtime::Handle,
+        inbox: Sender<StoreMsg>,
+    ) -> Transport {
+        let mut transport = Transport { node_id, peers: HashMap::new(), runtime, inbox };
         for peer in peers {
             transport.add_peer(peer.id, &peer.address);
         }
@@ -65,7 +74,7 @@ impl Outbox for Transport {
             return;
         }
         let (sender, queue) = mpsc::channel(PEER_QUEUE_BATCHES);
-        self.runtime.spawn(peer_link(id, address.to_string(), queue));
+        self.runtime.spawn(peer_link(id, address.to_string(), queue, self.inbox.clone()));
         self.peers.insert(id, sender);
     }
 
@@ -82,11 +91,18 @@ impl Outbox for Transport {
     }
 }
 
-async fn peer_link(peer: u64, address: String, mut queue: mpsc::Receiver<RaftBatch>) {
+async fn peer_link(peer: u64, address: String, mut queue: mpsc::Receiver<RaftBatch>, inbox: Sender<StoreMsg>) {
     let mut backoff = RECONNECT_BACKOFF_MIN;
     loop {
         let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
-            Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
+            // HTTP/2 keepalive notices a peer cut off by the network, not only one that closed
+            // its connection, so the groups it leads wake up and elect another leader.
+            Ok(endpoint) => endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true),
             Err(error) => {
                 tracing::error!(peer, %address, %error, "invalid peer address; not connecting");
                 return;
@@ -95,6 +111,7 @@ async fn peer_link(peer: u64, address: String, mut queue: mpsc::Receiver<RaftBat
         let mut client = match RaftClient::connect(endpoint).await {
             Ok(client) => client,
             Err(_) => {
+                let _ = inbox.try_send(StoreMsg::PeerUnreachable(peer));
                 // Messages queued while the peer is unreachable are stale by the time it returns.
                 while queue.try_recv().is_ok() {}
                 tokio::time::sleep(backoff).await;
@@ -116,6 +133,7 @@ async fn peer_link(peer: u64, address: String, mut queue: mpsc::Receiver<RaftBat
             }
         }
         info!(peer, %address, "stream to peer ended; reconnecting");
+        let _ = inbox.try_send(StoreMsg::PeerUnreachable(peer));
     }
 }
 

@@ -160,3 +160,19 @@ async fn produce_numbered(client: &client::Client, produced: &mut u64, batches: 
         client.produce("snap", 0, &records).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_quiescent_partition_still_fails_over_when_its_leader_dies() {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_ready().await;
+    let client = cluster.client();
+    client.create_topic("idle", 1, 3).await.unwrap();
+    client.produce("idle", 0, &[client::record(None, b"before")]).await.unwrap();
+    // Long enough for every group to settle and stop ticking (a second or so at defaults).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = client.describe_topic("idle").await.unwrap().partitions[0].leader.unwrap();
+    cluster.kill(leader);
+    // The client's retry deadline bounds how long the survivors may take to notice.
+    let (offset, _) = client.produce("idle", 0, &[client::record(None, b"after")]).await.unwrap();
+    assert_eq!(offset, 1);
+}
