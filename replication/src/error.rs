@@ -9,7 +9,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// This node does not lead the group; `leader` is the leader if known.
-    #[error("not the leader{}", leader.map(|l| format!("; node {l} is")).unwrap_or_default())]
+    #[error("{}", match leader {
+        Some(leader) => format!("not the leader; node {leader} is"),
+        None => "no leader right now: an election is under way, or too few replicas are reachable for a quorum".to_string(),
+    })]
     NotLeader {
         /// The current leader, when this node knows it.
         leader: Option<NodeId>,
