@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs a RobustMQ benchmark: installs fio if it is missing (with apt-get, as root), then
-#   cargo run --release -p bench -- "$@"
+# Runs a RobustMQ benchmark: installs fio if it is missing (with apt-get, as root), builds the
+# node binary and the bench in release mode, then runs
+#   target/release/bench "$@"
 # e.g.  bench/run.sh log-store --seconds 10
+#       bench/run.sh replicated --seconds 10     (starts target/release/robustmq node processes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,4 +19,8 @@ if ! command -v fio >/dev/null 2>&1; then
     fi
 fi
 
-exec cargo run --release -p bench -- "$@"
+# The `replicated` mode runs the node binary found next to the bench binary. Both are built in
+# one command and the bench is then run directly: a separate `cargo run -p bench` would resolve
+# features for the bench alone and rebuild the crates it shares with the node.
+cargo build --release -p robustmq -p bench
+exec "${CARGO_TARGET_DIR:-target}/release/bench" "$@"

@@ -24,7 +24,7 @@ use ::log_store::batch::{self, BatchBuilder, Compression, NewRecord};
 use ::log_store::{Log, LogConfig, Offset};
 
 use crate::disk::{self, Pattern};
-use crate::report::{json_line, mib_per_s, micros, per_s, thousands, Percentiles, Table, Verdict};
+use crate::report::{json_line, mib_per_s, micros, per_s, round, thousands, Percentiles, Table, Verdict};
 
 /// Pre-built batches appended round-robin, so the timed loop measures the log, not the builder.
 const POOL_BATCHES: usize = 16;
@@ -285,13 +285,13 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// A pre-built batch.
-struct PooledBatch {
-    bytes: Vec<u8>,
-    records: u64,
+pub(crate) struct PooledBatch {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) records: u64,
 }
 
 /// Builds [`POOL_BATCHES`] batches of random-valued records, each within `batch_bytes`.
-fn build_pool(record_bytes: usize, batch_bytes: usize) -> Result<Vec<PooledBatch>> {
+pub(crate) fn build_pool(record_bytes: usize, batch_bytes: usize) -> Result<Vec<PooledBatch>> {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
     let mut seed = 1u64;
     let mut pool = Vec::with_capacity(POOL_BATCHES);
@@ -316,12 +316,12 @@ fn build_pool(record_bytes: usize, batch_bytes: usize) -> Result<Vec<PooledBatch
 }
 
 /// What the timed append loop measured.
-struct AppendRun {
-    elapsed: Duration,
-    bytes: u64,
-    records: u64,
-    batches: u64,
-    latencies: Vec<Duration>,
+pub(crate) struct AppendRun {
+    pub(crate) elapsed: Duration,
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
+    pub(crate) batches: u64,
+    pub(crate) latencies: Vec<Duration>,
     flush_latencies: Vec<Duration>,
     in_append: Duration,
     in_flush: Duration,
@@ -330,7 +330,12 @@ struct AppendRun {
 
 /// Appends pooled batches round-robin until `duration` has passed, flushing every `flush_bytes`
 /// and once at the end, all inside the timed region.
-fn append_for(log: &mut Log, pool: &[PooledBatch], duration: Duration, flush_bytes: u64) -> Result<AppendRun> {
+pub(crate) fn append_for(
+    log: &mut Log,
+    pool: &[PooledBatch],
+    duration: Duration,
+    flush_bytes: u64,
+) -> Result<AppendRun> {
     let largest = pool.iter().map(|batch| batch.bytes.len()).max().unwrap_or(0);
     let mut buffer = Vec::with_capacity(largest);
     let mut latencies = Vec::with_capacity(1 << 20);
@@ -385,6 +390,22 @@ fn append_for(log: &mut Log, pool: &[PooledBatch], duration: Duration, flush_byt
         in_flush,
         in_copy,
     })
+}
+
+/// The log's own append rate for the `replicated` mode: opens a fresh `Log` in `dir`, appends
+/// `pool` round-robin for `duration` with [`append_for`] (flushing every `flush_bytes`), closes
+/// and removes it.
+pub(crate) fn append_reference(
+    dir: &Path,
+    pool: &[PooledBatch],
+    duration: Duration,
+    flush_bytes: u64,
+) -> Result<AppendRun> {
+    let mut log = Log::open(dir, LogConfig::default()).context("opening the log")?;
+    let run = append_for(&mut log, pool, duration, flush_bytes)?;
+    log.close().context("closing the log")?;
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(run)
 }
 
 /// What reading the log back measured.
@@ -452,9 +473,4 @@ fn flush_policy(flush_bytes: u64) -> String {
 
 fn fmt_mib(value: Option<f64>) -> String {
     value.map_or("n/a".to_string(), |v| format!("{v:.1} MiB/s"))
-}
-
-fn round(value: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (value * scale).round() / scale
 }

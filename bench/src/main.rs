@@ -4,12 +4,16 @@
 //! One subcommand per mode, one file per mode:
 //! * `log-store` ([`log_store`]) — append and read throughput of one partition's `log_store::Log`
 //!   against the sequential write bandwidth of the disk under it ([`disk`]).
+//! * `replicated` ([`replicated`]) — produce through real `robustmq` node processes with RF 1
+//!   (one node) and RF 3 (three nodes on loopback) against the log-store's own append rate;
+//!   fsyncs per second; leader failover time under kill -9.
 //!
-//! Later modes (`replicated`, `kafka`) slot in as sibling subcommands. [`report`] holds the
+//! Later modes (`kafka`, …) slot in as sibling subcommands. [`report`] holds the
 //! shared printing: the human-readable table and percentiles.
 
 mod disk;
 mod log_store;
+mod replicated;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -29,11 +33,14 @@ struct Cli {
 enum Mode {
     /// One partition's log on local disk: append and read throughput vs. the disk's limit.
     LogStore(log_store::Args),
+    /// Produce through 1 and 3 node processes (RF 1, RF 3) vs. the log-store; fsyncs; failover.
+    Replicated(replicated::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.mode {
         Mode::LogStore(args) => log_store::run(args),
+        Mode::Replicated(args) => replicated::run(args),
     }
 }

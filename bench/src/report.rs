@@ -63,6 +63,12 @@ impl Percentiles {
     }
 }
 
+/// `value` rounded to `digits` decimals, for the JSON line.
+pub fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
 /// Microseconds as a float, for tables and JSON.
 pub fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6

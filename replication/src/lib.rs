@@ -12,6 +12,7 @@
 //! # Layout
 //! * `ids`, `error`, `config` — vocabulary.
 //! * `raft_storage` — raft-rs `Storage` over raft-engine, one per group.
+//! * `engine_fs` — raft-engine's file system, recording what was fsynced (for crash tests).
 //! * `catalog` — the metadata state machine (topics, placement).
 //! * `partition` — a partition replica: its log, apply, durable apply state.
 //! * `store` — the store loop that drives every group.
@@ -23,6 +24,7 @@
 mod catalog;
 mod cluster;
 mod config;
+mod engine_fs;
 mod error;
 mod ids;
 mod partition;

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
-use raft_engine::{Engine, LogBatch, MessageExt};
+use raft_engine::{LogBatch, MessageExt};
+
+use crate::engine_fs::NodeEngine;
 
 use crate::error::{Error, Result};
 
@@ -51,7 +53,7 @@ pub(crate) struct SnapshotData {
 /// `truncated` is the (index, term) of the last entry removed by compaction or covered by an
 /// installed snapshot; entries after it are in the engine.
 pub(crate) struct GroupStorage {
-    engine: Arc<Engine>,
+    engine: Arc<NodeEngine>,
     group: u64,
     hard_state: HardState,
     conf_state: ConfState,
@@ -60,7 +62,7 @@ pub(crate) struct GroupStorage {
 
 impl GroupStorage {
     /// Loads a group's state; `voters` initialises a group the engine has never seen.
-    pub fn open(engine: Arc<Engine>, group: u64, voters: &[u64]) -> Result<(GroupStorage, bool)> {
+    pub fn open(engine: Arc<NodeEngine>, group: u64, voters: &[u64]) -> Result<(GroupStorage, bool)> {
         let hard_state: Option<HardState> = engine.get_message(group, HARD_STATE_KEY).map_err(engine_error)?;
         let conf_state: Option<ConfState> = engine.get_message(group, CONF_STATE_KEY).map_err(engine_error)?;
         let existed = conf_state.is_some();

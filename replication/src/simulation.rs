@@ -12,8 +12,8 @@
 //! acknowledged append is at its acknowledged offset on every replica, no record is applied
 //! twice, all replicas are identical, and once traffic stops every group stops ticking.
 //!
-//! Not simulated yet: loss of raft-engine's own unsynced writes (it fsyncs every batch but the
-//! commit-index update), which needs a fault-injecting raft-engine file system.
+//! A crash loses raft-engine's unsynced writes too (see `engine_fs`), as well as the partition
+//! logs' unflushed bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use crate::catalog::{Command, TopicConfig};
 use crate::cluster::Shared;
 use crate::config::{PeerConfig, ReplicationConfig};
+use crate::engine_fs::NodeFileSystem;
 use crate::ids::{GroupId, METADATA_GROUP};
 use crate::store::{Applied, Store, StoreMsg};
 use crate::transport::Outbox;
@@ -90,6 +91,7 @@ struct Flight {
 struct SimNode {
     config: ReplicationConfig,
     sent: Sent,
+    file_system: Arc<NodeFileSystem>,
     running: Option<(Store, Arc<Shared>)>,
 }
 
@@ -130,7 +132,7 @@ impl Simulation {
                     randomized_elections: false,
                     ..ReplicationConfig::default()
                 };
-                (id, SimNode { config, sent: Arc::default(), running: None })
+                (id, SimNode { config, sent: Arc::default(), file_system: Arc::default(), running: None })
             })
             .collect();
         let mut simulation = Simulation {
@@ -159,17 +161,20 @@ impl Simulation {
         let outbox = Box::new(SimOutbox { sent: node.sent.clone() });
         let config = node.config.clone();
         let channel = crossbeam_channel::bounded(config.inbox_capacity);
-        let opened = on_own_thread(move || Store::open(config, outbox, None, channel))
+        let file_system = node.file_system.clone();
+        let opened = on_own_thread(move || Store::open(config, outbox, None, channel, file_system))
             .unwrap_or_else(|e| panic!("seed {}: node {id} cannot start: {e}", self.seed));
         node.running = Some(opened);
     }
 
-    /// Kills a node and loses what a power cut would: every partition-log byte past the last
-    /// flush (the segment after the checkpoint's recovery point).
+    /// Kills a node and loses what a power cut would: every raft-engine byte written after its
+    /// file's last fsync, and every partition-log byte past the last flush (the segment after
+    /// the checkpoint's recovery point).
     fn crash(&mut self, id: u64) {
         self.crashes += 1;
         let node = self.nodes.get_mut(&id).unwrap();
         node.running = None;
+        node.file_system.lose_unsynced();
         node.sent.lock().unwrap().clear();
         self.network.retain(|flight| flight.to != id && flight.from != id);
         let partitions = node.config.data_dir.join("partitions");

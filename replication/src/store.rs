@@ -21,7 +21,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log_store::Offset;
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
-use raft_engine::{Engine, LogBatch};
+use raft_engine::LogBatch;
+
+use crate::engine_fs::{NodeEngine, NodeFileSystem};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
@@ -155,7 +157,8 @@ pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
     let runtime = tokio::runtime::Handle::current();
     let (inbox, receiver) = crossbeam_channel::bounded(config.inbox_capacity);
     let transport = Transport::start(config.node_id, &config.peers, runtime.clone(), inbox.clone());
-    let (store, shared) = Store::open(config, Box::new(transport), Some(runtime), (inbox, receiver))?;
+    let file_system = Arc::new(NodeFileSystem::default());
+    let (store, shared) = Store::open(config, Box::new(transport), Some(runtime), (inbox, receiver), file_system)?;
     std::thread::Builder::new()
         .name("store-loop".into())
         .spawn(move || store.run())
@@ -165,7 +168,7 @@ pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
 
 pub(crate) struct Store {
     config: ReplicationConfig,
-    engine: Arc<Engine>,
+    engine: Arc<NodeEngine>,
     /// Ordered, so that a simulation replays every run the same way.
     groups: BTreeMap<u64, Group>,
     shared: Arc<Shared>,
@@ -192,6 +195,7 @@ impl Store {
         transport: Box<dyn Outbox>,
         runtime: Option<tokio::runtime::Handle>,
         (inbox, receiver): (Sender<StoreMsg>, Receiver<StoreMsg>),
+        file_system: Arc<NodeFileSystem>,
     ) -> Result<(Store, Arc<Shared>)> {
         let raft_dir = config.data_dir.join("raft");
         std::fs::create_dir_all(&raft_dir)
@@ -202,7 +206,7 @@ impl Store {
             batch_compression_threshold: raft_engine::ReadableSize(0),
             ..raft_engine::Config::default()
         };
-        let engine = Arc::new(Engine::open(engine_config).map_err(engine_error)?);
+        let engine = Arc::new(NodeEngine::open_with_file_system(engine_config, file_system).map_err(engine_error)?);
         let shared = Arc::new(Shared {
             node_id: NodeId(config.node_id),
             catalog: RwLock::new(Catalog::new()),
