@@ -32,7 +32,7 @@ use tonic::{Code, Status};
 /// How long a call keeps retrying transient failures (no leader yet, node down).
 const RETRY_DEADLINE: Duration = Duration::from_secs(20);
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(20);
-const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// Largest response the client accepts.
 const RESPONSE_BYTES_MAX: usize = 64 << 20;
 
@@ -233,15 +233,33 @@ impl Client {
         let mut backoff = RETRY_BACKOFF_MIN;
         let mut attempt = 0usize;
         let mut last_error = String::from("no bootstrap node");
+        // A node that cannot serve the call may name the node that can; try that one next.
+        let mut hinted: Option<String> = None;
         while tokio::time::Instant::now() < deadline {
-            let address = &self.bootstrap[attempt % self.bootstrap.len().max(1)];
-            attempt += 1;
-            match self.channel(address) {
+            let following_hint = hinted.is_some();
+            let address = match hinted.take() {
+                Some(address) => address,
+                None => {
+                    attempt += 1;
+                    self.bootstrap[(attempt - 1) % self.bootstrap.len().max(1)].clone()
+                }
+            };
+            match self.channel(&address) {
                 Ok(channel) => {
                     let client = BrokerClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX);
                     match call(client).await {
                         Ok(response) => return Ok(response.into_inner()),
-                        Err(status) if is_transient(&status) => last_error = format!("{address}: {}", status.message()),
+                        Err(status) if is_transient(&status) => {
+                            last_error = format!("{address}: {}", status.message());
+                            let hint = status.metadata().get("x-robustmq-leader-address").and_then(|v| v.to_str().ok());
+                            if let Some(hint) = hint.filter(|hint| *hint != address) {
+                                hinted = Some(hint.to_string());
+                                // One immediate hop; hints that bounce on wait for the backoff.
+                                if !following_hint {
+                                    continue;
+                                }
+                            }
+                        }
                         Err(status) => {
                             return Err(Error::Rejected { code: status.code(), message: status.message().to_string() })
                         }

@@ -221,6 +221,32 @@ impl Cluster {
         self.local(topic, partition).map(|handle| handle.voters.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
+    /// Hands the leadership of every group this node leads to another voter and waits (up to
+    /// `timeout`) until they have a new leader, so a graceful stop costs clients no election
+    /// timeout.
+    pub async fn hand_off_leadership(&self, timeout: Duration) {
+        let (reply, handed) = oneshot::channel();
+        if try_send(&self.shared.inbox, StoreMsg::HandOffLeadership(reply)).is_err() {
+            return;
+        }
+        let Ok(groups) = handed.await else { return };
+        let me = self.shared.node_id;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            let still_leading = groups.iter().any(|group| {
+                if GroupId(*group) == METADATA_GROUP {
+                    self.metadata_leader() == Some(me)
+                } else {
+                    self.shared.partition_by_group(*group).is_some_and(|h| h.leader() == Some(me))
+                }
+            });
+            if !still_leading {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the store loop after flushing every partition log.
     pub async fn shutdown(&self) {
         let (done, stopped) = oneshot::channel();

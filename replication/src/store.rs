@@ -69,6 +69,9 @@ pub(crate) enum StoreMsg {
     },
     /// The transport lost a peer: wake the groups it leads so they can elect another leader.
     PeerUnreachable(u64),
+    /// Before a graceful stop: hand every group this node leads to a caught-up voter; the
+    /// reply lists the groups handed off.
+    HandOffLeadership(oneshot::Sender<Vec<u64>>),
     /// Snapshot data pulled from another replica, to append as stored.
     InstallBatches {
         group: u64,
@@ -385,6 +388,26 @@ impl Store {
                     let _ = group.raw.step(message);
                 }
             }
+            StoreMsg::HandOffLeadership(reply) => {
+                let me = self.config.node_id;
+                let mut handed = Vec::new();
+                for (id, group) in self.groups.iter_mut() {
+                    if group.raw.raft.state != StateRole::Leader {
+                        continue;
+                    }
+                    let last = group.raw.raft.raft_log.last_index();
+                    let voters = group.raw.raft.prs().conf().to_conf_state().voters;
+                    let successor = voters.iter().copied().filter(|v| *v != me).max_by_key(|v| {
+                        group.raw.raft.prs().get(*v).map_or(0, |p| if p.matched == last { u64::MAX } else { p.matched })
+                    });
+                    if let Some(successor) = successor {
+                        group.wake();
+                        group.raw.transfer_leader(successor);
+                        handed.push(*id);
+                    }
+                }
+                let _ = reply.send(handed);
+            }
             StoreMsg::PeerUnreachable(peer) => {
                 for group in self.groups.values_mut() {
                     if group.raw.raft.leader_id == peer {
@@ -511,6 +534,9 @@ impl Store {
                 }
             }
         }
+        // A leader's appends go out before its own fsync, so followers persist in parallel
+        // (Raft thesis §10.2.1); everything else waits for the fsync below.
+        self.send(std::mem::take(&mut outbound));
         if !batch.is_empty() {
             self.engine.write(&mut batch, true).map_err(engine_error)?;
         }
@@ -539,6 +565,15 @@ impl Store {
                 self.engine.write(&mut late, false).map_err(engine_error)?;
             }
         }
+        self.send(outbound);
+        for change in changes {
+            self.on_catalog_change(change);
+        }
+        Ok(())
+    }
+
+    /// Hands messages to the transport, one batch per destination node.
+    fn send(&mut self, outbound: BTreeMap<u64, Vec<(u64, Message)>>) {
         for (to, messages) in outbound {
             for (group, message) in &messages {
                 if message.get_msg_type() == MessageType::MsgSnapshot {
@@ -547,10 +582,6 @@ impl Store {
             }
             self.transport.send(to, messages);
         }
-        for change in changes {
-            self.on_catalog_change(change);
-        }
-        Ok(())
     }
 
     /// Applies committed entries of one group, answering the proposals they resolve.

@@ -14,8 +14,11 @@ use crate::broker::{BrokerService, MESSAGE_BYTES_MAX};
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 
-/// How long in-flight requests get to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long leaderships get to move to other nodes after a shutdown signal.
+const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long in-flight requests get to finish after that. Peers' Raft streams never finish on
+/// their own, so this is also how long the listener lingers.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the node until a shutdown signal.
 pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
@@ -70,7 +73,8 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     });
 
     shutdown_signal().await?;
-    info!("shutdown signal received: no new requests; finishing in-flight ones");
+    info!("shutdown signal received: handing leadership over, then finishing in-flight requests");
+    cluster.hand_off_leadership(HAND_OFF_TIMEOUT).await;
     let _ = stop_sender.send(true);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, grpc).await;
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, admin).await;

@@ -176,3 +176,19 @@ async fn an_idle_quiescent_partition_still_fails_over_when_its_leader_dies() {
     let (offset, _) = client.produce("idle", 0, &[client::record(None, b"after")]).await.unwrap();
     assert_eq!(offset, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_hands_leadership_over_before_exiting() {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_ready().await;
+    let client = cluster.client();
+    client.create_topic("handoff", 1, 3).await.unwrap();
+    client.produce("handoff", 0, &[client::record(None, b"one")]).await.unwrap();
+    let leader = client.describe_topic("handoff").await.unwrap().partitions[0].leader.unwrap();
+    cluster.stop(leader);
+    // Leadership moved before the process exited: a survivor already names another leader.
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    let now = cluster.client_of(survivor).describe_topic("handoff").await.unwrap().partitions[0].leader;
+    assert!(now.is_some_and(|l| l != leader), "leader after a graceful stop: {now:?}");
+    assert_eq!(client.produce("handoff", 0, &[client::record(None, b"two")]).await.unwrap().0, 1);
+}
