@@ -31,6 +31,9 @@ pub struct ReplicationConfig {
     pub heartbeat_ticks: usize,
     /// How often partition logs are flushed (fsynced) so the Raft log can be trimmed.
     pub flush_interval_ms: u64,
+    /// A partition log is also flushed once this many bytes were appended since its last
+    /// flush: many short fsyncs stall the store loop less than one long one.
+    pub flush_bytes: u64,
     /// Raft entries kept behind the flushed point for followers that lag; one further behind
     /// is brought up to date with a snapshot instead.
     pub log_retained_entries: u64,
@@ -68,6 +71,7 @@ impl Default for ReplicationConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             flush_interval_ms: 1000,
+            flush_bytes: 8 << 20,
             log_retained_entries: 10_000,
             batch_bytes_max: 1024 * 1024 + 12,
             segment_bytes: 1 << 30,

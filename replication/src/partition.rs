@@ -62,6 +62,10 @@ pub(crate) struct PartitionReplica {
     flush_interval: Duration,
     last_flush: Instant,
     applied_since_flush: bool,
+    /// Bytes appended since the last flush: flushing every few MiB keeps each fsync (which
+    /// stalls the store loop) short, instead of one long one per interval.
+    bytes_since_flush: u64,
+    flush_bytes: u64,
     segments_at_last_compaction: usize,
 }
 
@@ -127,6 +131,8 @@ impl PartitionReplica {
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             last_flush: Instant::now(),
             applied_since_flush: false,
+            bytes_since_flush: 0,
+            flush_bytes: config.flush_bytes,
             segments_at_last_compaction: 1,
         };
         Ok((replica, applied))
@@ -145,6 +151,7 @@ impl PartitionReplica {
         match self.log.append(&mut data) {
             Ok(appended) => {
                 self.applied_since_flush = true;
+                self.bytes_since_flush += data.len() as u64;
                 self.handle.high_watermark.send_replace(appended.last_offset.0 + 1);
                 Ok(Ok((appended.base_offset, appended.last_offset)))
             }
@@ -162,8 +169,13 @@ impl PartitionReplica {
         storage: &GroupStorage,
         batch: &mut LogBatch,
     ) -> Result<Option<ApplyState>> {
-        if self.last_flush.elapsed() < self.flush_interval {
+        let due_by_size = self.bytes_since_flush >= self.flush_bytes;
+        if self.last_flush.elapsed() < self.flush_interval && !due_by_size {
             return Ok(None);
+        }
+        if due_by_size {
+            // Only the fsync is due; retention and compaction keep their interval.
+            return self.flush_and_record(applied_index, storage, batch);
         }
         self.last_flush = Instant::now();
         if let Err(error) = self.log.apply_retention() {
@@ -180,10 +192,20 @@ impl PartitionReplica {
         if !self.applied_since_flush {
             return Ok(None);
         }
+        self.flush_and_record(applied_index, storage, batch)
+    }
+
+    fn flush_and_record(
+        &mut self,
+        applied_index: u64,
+        storage: &GroupStorage,
+        batch: &mut LogBatch,
+    ) -> Result<Option<ApplyState>> {
         let next_offset = self.log.flush()?.0;
         let state = ApplyState { applied_index, next_offset };
         storage.stage_apply_state(batch, state)?;
         self.applied_since_flush = false;
+        self.bytes_since_flush = 0;
         Ok(Some(state))
     }
 

@@ -31,6 +31,8 @@ pub struct RaftSettings {
     pub heartbeat_ticks: usize,
     /// How often partition logs are fsynced (the Raft log holds everything since).
     pub flush_interval_ms: u64,
+    /// Also fsync a partition log once this many bytes were appended since its last fsync.
+    pub flush_bytes: u64,
     /// Raft entries kept behind the flushed point for lagging followers; beyond, snapshots.
     pub log_retained_entries: u64,
 }
@@ -43,6 +45,7 @@ impl Default for RaftSettings {
             election_ticks: defaults.election_ticks,
             heartbeat_ticks: defaults.heartbeat_ticks,
             flush_interval_ms: defaults.flush_interval_ms,
+            flush_bytes: defaults.flush_bytes,
             log_retained_entries: defaults.log_retained_entries,
         }
     }
@@ -148,6 +151,7 @@ impl NodeConfig {
             election_ticks: self.raft.election_ticks,
             heartbeat_ticks: self.raft.heartbeat_ticks,
             flush_interval_ms: self.raft.flush_interval_ms,
+            flush_bytes: self.raft.flush_bytes,
             log_retained_entries: self.raft.log_retained_entries,
             batch_bytes_max: self.batch_bytes_max,
             ..replication::ReplicationConfig::default()
