@@ -42,30 +42,13 @@ async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
 
 async fn cluster_json(State(admin): State<Admin>) -> impl IntoResponse {
     let catalog = admin.cluster.catalog();
-    let topics: Vec<_> = catalog
-        .topics
-        .values()
-        .map(|topic| {
-            let description = describe(&admin.cluster, topic);
-            json!({
-                "name": description.name,
-                "replication_factor": description.replication_factor,
-                "partitions": description.partitions.iter().map(|p| json!({
-                    "partition": p.partition,
-                    "group": p.group_id,
-                    "replicas": p.replicas,
-                    "leader": p.leader,
-                    "log_start_offset": p.log_start_offset,
-                    "high_watermark": p.high_watermark,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
+    let topics: Vec<_> =
+        catalog.topics.values().map(|topic| crate::cli::topic_json(&describe(&admin.cluster, topic))).collect();
     let body = json!({
         "node_id": admin.cluster.node_id().0,
         "metadata_leader": admin.cluster.metadata_leader().map(|n| n.0),
         "leaders_here": admin.cluster.leader_count(),
-        "nodes": catalog.nodes.values().map(|n| json!({"id": n.id.0, "address": n.address})).collect::<Vec<_>>(),
+        "nodes": catalog.nodes.values().map(|n| json!({"id": n.id.0, "address": n.address, "removed": n.removed})).collect::<Vec<_>>(),
         "topics": topics,
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string())

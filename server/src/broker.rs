@@ -87,6 +87,19 @@ fn marked<T>(message: T) -> Request<T> {
 }
 
 impl BrokerService {
+    /// Forwards a request this node could not serve to the node that can, or answers with the
+    /// error when there is none (or the request was already forwarded once).
+    async fn or_forward<T, F, Fut>(&self, error: Error, was_forwarded: bool, forward: F) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(BrokerClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        match self.forward_target(&error, was_forwarded) {
+            Some(target) => forward(self.peer(target)?).await,
+            None => Err(self.status(error)),
+        }
+    }
+
     /// Maps an error this node could not forward. "Unknown topic" is final only from the
     /// metadata leader; a node that knows of no leader (starting, cut off) cannot tell yet.
     fn status(&self, error: Error) -> Status {
@@ -200,10 +213,14 @@ impl Broker for BrokerService {
         };
         match self.cluster.create_topic(&message.name, message.partitions, message.replication_factor, config).await {
             Ok(topic) => Ok(Response::new(CreateTopicResponse { topic: Some(describe(&self.cluster, &topic)) })),
-            Err(error) => match self.forward_target(&error, was_forwarded) {
-                Some(leader) => self.peer(leader)?.create_topic(marked(message)).await,
-                None => Err(self.status(error)),
-            },
+            Err(error) => {
+                self.or_forward(
+                    error,
+                    was_forwarded,
+                    |mut peer| async move { peer.create_topic(marked(message)).await },
+                )
+                .await
+            }
         }
     }
 
@@ -215,10 +232,14 @@ impl Broker for BrokerService {
         let message = request.into_inner();
         match self.cluster.delete_topic(&message.name).await {
             Ok(()) => Ok(Response::new(DeleteTopicResponse {})),
-            Err(error) => match self.forward_target(&error, was_forwarded) {
-                Some(leader) => self.peer(leader)?.delete_topic(marked(message)).await,
-                None => Err(self.status(error)),
-            },
+            Err(error) => {
+                self.or_forward(
+                    error,
+                    was_forwarded,
+                    |mut peer| async move { peer.delete_topic(marked(message)).await },
+                )
+                .await
+            }
         }
     }
 
@@ -239,10 +260,12 @@ impl Broker for BrokerService {
             Some(topic) => Ok(Response::new(describe(&self.cluster, topic))),
             None => {
                 let error = Error::UnknownTopic(message.name.clone());
-                match self.forward_target(&error, was_forwarded) {
-                    Some(leader) => self.peer(leader)?.describe_topic(marked(message)).await,
-                    None => Err(self.status(error)),
-                }
+                self.or_forward(
+                    error,
+                    was_forwarded,
+                    |mut peer| async move { peer.describe_topic(marked(message)).await },
+                )
+                .await
             }
         }
     }
@@ -301,10 +324,10 @@ impl Broker for BrokerService {
         let message = request.into_inner();
         match self.cluster.add_node(NodeId(message.id), message.address.clone()).await {
             Ok(()) => Ok(Response::new(AddNodeResponse {})),
-            Err(error) => match self.forward_target(&error, was_forwarded) {
-                Some(leader) => self.peer(leader)?.add_node(marked(message)).await,
-                None => Err(self.status(error)),
-            },
+            Err(error) => {
+                self.or_forward(error, was_forwarded, |mut peer| async move { peer.add_node(marked(message)).await })
+                    .await
+            }
         }
     }
 
@@ -313,10 +336,10 @@ impl Broker for BrokerService {
         let message = request.into_inner();
         match self.cluster.remove_node(NodeId(message.id)).await {
             Ok(()) => Ok(Response::new(RemoveNodeResponse {})),
-            Err(error) => match self.forward_target(&error, was_forwarded) {
-                Some(leader) => self.peer(leader)?.remove_node(marked(message)).await,
-                None => Err(self.status(error)),
-            },
+            Err(error) => {
+                self.or_forward(error, was_forwarded, |mut peer| async move { peer.remove_node(marked(message)).await })
+                    .await
+            }
         }
     }
 

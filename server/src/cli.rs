@@ -149,26 +149,27 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> anyhow::Re
     Ok(())
 }
 
+/// A topic as JSON, the same for the CLI's `--output json` and the admin `/cluster` page.
+pub fn topic_json(topic: &TopicDescription) -> serde_json::Value {
+    json!({
+        "name": topic.name,
+        "replication_factor": topic.replication_factor,
+        "partitions": topic.partitions.iter().map(|p| json!({
+            "partition": p.partition,
+            "group": p.group_id,
+            "replicas": p.replicas,
+            "voters": p.voters,
+            "leader": p.leader,
+            "log_start_offset": p.log_start_offset,
+            "high_watermark": p.high_watermark,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 fn print_topics(output: Output, topics: &[TopicDescription]) {
     match output {
         Output::Json => {
-            let topics: Vec<_> = topics
-                .iter()
-                .map(|t| {
-                    json!({
-                        "name": t.name,
-                        "replication_factor": t.replication_factor,
-                        "partitions": t.partitions.iter().map(|p| json!({
-                            "partition": p.partition,
-                            "replicas": p.replicas,
-                            "leader": p.leader,
-                            "log_start_offset": p.log_start_offset,
-                            "high_watermark": p.high_watermark,
-                        })).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            println!("{}", serde_json::Value::Array(topics));
+            println!("{}", serde_json::Value::Array(topics.iter().map(topic_json).collect()));
         }
         Output::Table => {
             println!(
