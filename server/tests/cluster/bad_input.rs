@@ -36,7 +36,7 @@ async fn requests_that_cannot_succeed_are_rejected_with_the_right_code() {
 }
 
 #[test]
-fn a_malformed_config_or_a_busy_port_exits_with_a_clear_error() {
+fn a_malformed_config_an_unusable_data_dir_or_a_busy_port_exits_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "node_id = \"one\"\n").unwrap();
@@ -44,6 +44,17 @@ fn a_malformed_config_or_a_busy_port_exits_with_a_clear_error() {
         Command::new(env!("CARGO_BIN_EXE_robustmq")).arg("serve").arg("--config").arg(&config).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid config file"));
+
+    // A data directory that cannot be created (its parent is a file; root ignores permissions).
+    let not_a_directory = dir.path().join("plain-file");
+    std::fs::write(&not_a_directory, b"x").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_robustmq"))
+        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(not_a_directory.join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot create the data directory"));
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
