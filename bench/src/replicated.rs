@@ -27,7 +27,7 @@
 //! the failover client lists every node and relies on the client's retries. Every node started
 //! is killed when the run ends, also on error or panic ([`LocalCluster`]'s `Drop`, plus
 //! `PR_SET_PDEATHSIG` in case the bench itself is killed). Data lives under
-//! `target/bench-tmp/replicated-XXXX` and is removed at the end (`--keep` keeps it, with the
+//! `target/bench-tmp/replicated-<random>` and is removed at the end (`--keep` keeps it, with the
 //! node logs).
 
 use std::io::{Read, Write};
