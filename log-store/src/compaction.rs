@@ -50,7 +50,7 @@ struct KeyMap {
 impl Log {
     /// Compacts the sealed segments of a `cleanup_policy = Compact` log (no-op otherwise).
     pub fn compact(&mut self) -> Result<Compacted> {
-        self.check_no_flush_in_flight()?;
+        self.check_not_poisoned()?;
         if self.config.cleanup_policy != CleanupPolicy::Compact {
             return Ok(Compacted::default());
         }

@@ -66,9 +66,6 @@ pub enum Error {
         /// The partition directory.
         dir: PathBuf,
     },
-    /// A flush started with `Log::start_flush` has not been finished yet.
-    #[error("a flush is in flight; finish it first")]
-    FlushInFlight,
     /// Another `Log` already has this directory open (in this process or another).
     #[error("the log at {} is already open elsewhere", dir.display())]
     Locked {

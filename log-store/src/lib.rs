@@ -42,7 +42,7 @@ pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::compaction::Compacted;
 pub use crate::config::{CleanupPolicy, LogConfig};
 pub use crate::error::{Error, Result};
-pub use crate::log::{Appended, FlushTicket, Log};
+pub use crate::log::{Appended, Log};
 pub use crate::offset::Offset;
 pub use crate::reader::{LogReader, SegmentInfo};
 pub use crate::retention::Reclaimed;

@@ -24,34 +24,6 @@ use crate::sync;
 
 const LOCK_FILE: &str = ".lock";
 
-/// The slow half of a flush, to run on any thread: see [`Log::start_flush`].
-#[derive(Debug)]
-pub struct FlushTicket {
-    segments: Vec<Arc<Segment>>,
-    dir: PathBuf,
-    sync_dir: bool,
-    checkpoint: Checkpoint,
-}
-
-impl FlushTicket {
-    /// fsyncs the segments written since the last flush (and the directory if segments were
-    /// created), then replaces the checkpoint. The log may keep appending meanwhile.
-    pub fn run(&self) -> Result<()> {
-        for segment in &self.segments {
-            segment.sync()?;
-        }
-        if self.sync_dir {
-            sync_dir(&self.dir)?;
-        }
-        self.checkpoint.write(&self.dir)
-    }
-
-    /// Every offset below this one is durable once `run` succeeded.
-    pub fn flushed_offset(&self) -> Offset {
-        Offset(self.checkpoint.recovery_next_offset)
-    }
-}
-
 /// Where an appended batch landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -89,8 +61,6 @@ pub struct Log {
     pub(crate) dir_dirty: bool,
     /// The checkpoint as last written.
     pub(crate) checkpoint: Checkpoint,
-    /// A `FlushTicket` is out: nothing else may write the checkpoint until it comes back.
-    flush_in_flight: bool,
     poisoned: bool,
     _lock: File,
 }
@@ -185,7 +155,7 @@ impl Log {
     /// Empties the log and starts it again at `offset` (a replica adopting a leader's log that
     /// no longer reaches back to its own end).
     pub fn reset(&mut self, offset: Offset) -> Result<()> {
-        self.check_no_flush_in_flight()?;
+        self.check_not_poisoned()?;
         let result = self.restart_at(offset.0);
         if result.is_err() {
             self.poisoned = true;
@@ -269,65 +239,35 @@ impl Log {
     /// pages, so retrying could report success for data that is gone (the "fsyncgate" lesson).
     /// The log then refuses every write with [`Error::Poisoned`]; reopening recovers from disk.
     pub fn flush(&mut self) -> Result<Offset> {
-        let ticket = self.start_flush()?;
-        let outcome = ticket.run();
-        self.finish_flush(ticket, outcome)
-    }
-
-    /// Prepares a flush whose slow part — the fsyncs and the checkpoint — [`FlushTicket::run`]
-    /// does on another thread while this log keeps appending. Until [`Log::finish_flush`],
-    /// nothing else that writes the checkpoint (flush, truncation, retention, compaction) is
-    /// allowed: they return [`Error::FlushInFlight`].
-    pub fn start_flush(&mut self) -> Result<FlushTicket> {
-        self.check_no_flush_in_flight()?;
-        let prepared = self.prepare_flush();
-        if prepared.is_err() {
+        self.check_not_poisoned()?;
+        let result = self.flush_inner();
+        if result.is_err() {
             self.poisoned = true;
         }
-        let ticket = prepared?;
-        self.flush_in_flight = true;
-        Ok(ticket)
+        result
     }
 
-    fn prepare_flush(&mut self) -> Result<FlushTicket> {
-        let mut segments = std::mem::take(&mut self.unflushed);
-        for segment in &segments {
+    fn flush_inner(&mut self) -> Result<Offset> {
+        for segment in std::mem::take(&mut self.unflushed) {
+            segment.sync()?;
             segment.persist_indexes()?;
         }
+        self.active.sync()?;
         self.active.seal_time_index(&self.cursor);
         self.active.persist_indexes()?;
-        segments.push(self.active.clone());
-        let checkpoint = Checkpoint {
+        if self.dir_dirty {
+            sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        let next_offset = self.shared.next_offset.load(Ordering::Relaxed);
+        self.write_checkpoint(Checkpoint {
             recovery_segment: self.active.base_offset,
             recovery_position: self.position,
-            recovery_next_offset: self.shared.next_offset.load(Ordering::Relaxed),
+            recovery_next_offset: next_offset,
             log_start_offset: self.shared.log_start_offset.load(Ordering::Relaxed),
-        };
-        let sync_dir = std::mem::replace(&mut self.dir_dirty, false);
-        Ok(FlushTicket { segments, dir: self.dir.clone(), sync_dir, checkpoint })
-    }
-
-    /// Records the outcome of a [`FlushTicket::run`]; returns the new flushed offset. A failed
-    /// run poisons the log (see [`Log::flush`]).
-    pub fn finish_flush(&mut self, ticket: FlushTicket, outcome: Result<()>) -> Result<Offset> {
-        self.flush_in_flight = false;
-        if let Err(error) = outcome {
-            self.poisoned = true;
-            return Err(error);
-        }
-        let next_offset = ticket.checkpoint.recovery_next_offset;
-        self.checkpoint = ticket.checkpoint;
+        })?;
         self.shared.flushed_offset.store(next_offset, Ordering::Release);
         Ok(Offset(next_offset))
-    }
-
-    /// Refuses operations that write the checkpoint while a flush is running elsewhere.
-    pub(crate) fn check_no_flush_in_flight(&self) -> Result<()> {
-        self.check_not_poisoned()?;
-        if self.flush_in_flight {
-            return Err(Error::FlushInFlight);
-        }
-        Ok(())
     }
 
     pub(crate) fn write_checkpoint(&mut self, checkpoint: Checkpoint) -> Result<()> {
@@ -349,7 +289,7 @@ impl Log {
     /// If `offset` is at or below the log start, the log is emptied and restarts at `offset`; if
     /// the batch to remove also holds the log start, the log is emptied and restarts there.
     pub fn truncate_suffix(&mut self, offset: Offset) -> Result<Offset> {
-        self.check_no_flush_in_flight()?;
+        self.check_not_poisoned()?;
         let next_offset = self.shared.next_offset.load(Ordering::Relaxed);
         if offset.0 >= next_offset {
             return Ok(Offset(next_offset));
@@ -636,7 +576,6 @@ impl Recovery<'_> {
             unflushed: Vec::new(),
             dir_dirty: false,
             checkpoint,
-            flush_in_flight: false,
             poisoned: false,
             _lock: lock,
         })

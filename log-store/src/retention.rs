@@ -27,7 +27,7 @@ impl Log {
     /// Deletes the oldest sealed segments that are past `retention_ms` (by their newest record)
     /// or that bring the log over `retention_bytes`.
     pub fn apply_retention(&mut self) -> Result<Reclaimed> {
-        self.check_no_flush_in_flight()?;
+        self.check_not_poisoned()?;
         let segments = sync::read(&self.shared.segments).clone();
         let sealed = &segments[..segments.len() - 1];
         let mut count = 0;
@@ -51,7 +51,7 @@ impl Log {
     /// Makes `offset` the new log start (Kafka `DeleteRecords`): offsets below it become
     /// unreadable at once, and sealed segments wholly below it are deleted.
     pub fn delete_before(&mut self, offset: Offset) -> Result<Reclaimed> {
-        self.check_no_flush_in_flight()?;
+        self.check_not_poisoned()?;
         let next_offset = self.next_offset();
         if offset > next_offset {
             let log_start_offset = self.log_start_offset();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log_store::batch::{self, Validation};
-use log_store::{CleanupPolicy, FlushTicket, Log, LogConfig, LogReader, Offset};
+use log_store::{CleanupPolicy, Log, LogConfig, LogReader, Offset};
 use raft::eraftpb::Entry;
 use raft_engine::LogBatch;
 use tokio::sync::watch;
@@ -54,15 +54,6 @@ impl PartitionHandle {
     }
 }
 
-/// What `PartitionReplica::tend` did.
-pub(crate) enum Tended {
-    Nothing,
-    /// Flushed here; this apply state is staged.
-    Flushed(ApplyState),
-    /// A flush for the flusher thread to run.
-    Started(FlushTicket),
-}
-
 /// The replica as the store loop owns it.
 pub(crate) struct PartitionReplica {
     pub handle: Arc<PartitionHandle>,
@@ -71,12 +62,10 @@ pub(crate) struct PartitionReplica {
     flush_interval: Duration,
     last_flush: Instant,
     applied_since_flush: bool,
-    /// Bytes appended since the last flush: flushing every few MiB keeps each fsync short.
+    /// Bytes appended since the last flush: flushing every few MiB keeps each fsync (which
+    /// stalls the store loop) short, instead of one long one per interval.
     bytes_since_flush: u64,
     flush_bytes: u64,
-    /// A flush is out on the flusher thread, started when `flush_applied_index` was applied.
-    flush_in_flight: bool,
-    flush_applied_index: u64,
     segments_at_last_compaction: usize,
 }
 
@@ -144,8 +133,6 @@ impl PartitionReplica {
             applied_since_flush: false,
             bytes_since_flush: 0,
             flush_bytes: config.flush_bytes,
-            flush_in_flight: false,
-            flush_applied_index: 0,
             segments_at_last_compaction: 1,
         };
         Ok((replica, applied))
@@ -173,74 +160,53 @@ impl PartitionReplica {
         }
     }
 
-    /// Looks after the log once per loop iteration: when a flush is due (by time or by bytes),
-    /// either flushes here and stages the new apply state (`background == false`, used by the
-    /// simulation) or prepares a flush for the flusher thread. Retention and compaction run on
-    /// the time schedule, never while a flush is out.
-    pub fn tend(
+    /// Flushes the log when due and stages the new apply state for the loop's next write
+    /// (returned, so the caller can trim the Raft log up to it). Also runs retention and
+    /// compaction at the same pace.
+    pub fn maybe_flush(
         &mut self,
         applied_index: u64,
         storage: &GroupStorage,
         batch: &mut LogBatch,
-        background: bool,
-    ) -> Result<Tended> {
-        if self.flush_in_flight {
-            return Ok(Tended::Nothing);
-        }
+    ) -> Result<Option<ApplyState>> {
         let due_by_size = self.bytes_since_flush >= self.flush_bytes;
-        let due_by_time = self.last_flush.elapsed() >= self.flush_interval;
-        if !due_by_size && !due_by_time {
-            return Ok(Tended::Nothing);
+        if self.last_flush.elapsed() < self.flush_interval && !due_by_size {
+            return Ok(None);
         }
-        if due_by_time {
-            self.last_flush = Instant::now();
-            if let Err(error) = self.log.apply_retention() {
-                warn!(partition = %self.dir.display(), %error, "retention failed");
+        if due_by_size {
+            // Only the fsync is due; retention and compaction keep their interval.
+            return self.flush_and_record(applied_index, storage, batch);
+        }
+        self.last_flush = Instant::now();
+        if let Err(error) = self.log.apply_retention() {
+            warn!(partition = %self.dir.display(), %error, "retention failed");
+        }
+        // Compaction rereads the whole log: run it only when a segment was sealed since the last run.
+        let segments = self.handle.reader.segments().len();
+        if segments > self.segments_at_last_compaction {
+            if let Err(error) = self.log.compact() {
+                warn!(partition = %self.dir.display(), %error, "compaction failed");
             }
-            // Compaction rereads the whole log: run it only when a segment was sealed since the last run.
-            let segments = self.handle.reader.segments().len();
-            if segments > self.segments_at_last_compaction {
-                if let Err(error) = self.log.compact() {
-                    warn!(partition = %self.dir.display(), %error, "compaction failed");
-                }
-                self.segments_at_last_compaction = self.handle.reader.segments().len();
-            }
+            self.segments_at_last_compaction = self.handle.reader.segments().len();
         }
         if !self.applied_since_flush {
-            return Ok(Tended::Nothing);
+            return Ok(None);
         }
-        self.applied_since_flush = false;
-        self.bytes_since_flush = 0;
-        if background {
-            let ticket = self.log.start_flush()?;
-            self.flush_in_flight = true;
-            self.flush_applied_index = applied_index;
-            return Ok(Tended::Started(ticket));
-        }
+        self.flush_and_record(applied_index, storage, batch)
+    }
+
+    fn flush_and_record(
+        &mut self,
+        applied_index: u64,
+        storage: &GroupStorage,
+        batch: &mut LogBatch,
+    ) -> Result<Option<ApplyState>> {
         let next_offset = self.log.flush()?.0;
         let state = ApplyState { applied_index, next_offset };
         storage.stage_apply_state(batch, state)?;
-        Ok(Tended::Flushed(state))
-    }
-
-    /// Takes back a flush the flusher thread ran and stages the apply state it made durable.
-    pub fn finish_flush(
-        &mut self,
-        ticket: FlushTicket,
-        outcome: Result<(), log_store::Error>,
-        storage: &GroupStorage,
-        batch: &mut LogBatch,
-    ) -> Result<ApplyState> {
-        self.flush_in_flight = false;
-        let next_offset = self.log.finish_flush(ticket, outcome)?.0;
-        let state = ApplyState { applied_index: self.flush_applied_index, next_offset };
-        storage.stage_apply_state(batch, state)?;
-        Ok(state)
-    }
-
-    /// A flush is out on the flusher thread.
-    pub fn flush_in_flight(&self) -> bool {
-        self.flush_in_flight
+        self.applied_since_flush = false;
+        self.bytes_since_flush = 0;
+        Ok(Some(state))
     }
 
     /// The offset the next applied batch gets.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use log_store::{FlushTicket, Offset};
+use log_store::Offset;
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use raft_engine::LogBatch;
@@ -32,8 +32,8 @@ use crate::cluster::{Cluster, Shared};
 use crate::config::ReplicationConfig;
 use crate::error::{Error, Result};
 use crate::ids::{GroupId, NodeId, METADATA_GROUP};
-use crate::partition::{PartitionReplica, Tended};
-use crate::raft_storage::{engine_error, ApplyState, GroupStorage, SnapshotData};
+use crate::partition::PartitionReplica;
+use crate::raft_storage::{engine_error, GroupStorage, SnapshotData};
 use crate::transport::{Outbox, RaftService, Transport};
 
 /// Most inbox messages handled before the loop looks at the groups again.
@@ -69,12 +69,6 @@ pub(crate) enum StoreMsg {
     },
     /// The transport lost a peer: wake the groups it leads so they can elect another leader.
     PeerUnreachable(u64),
-    /// The flusher thread ran a partition-log flush.
-    FlushDone {
-        group: u64,
-        ticket: FlushTicket,
-        outcome: std::result::Result<(), log_store::Error>,
-    },
     /// Before a graceful stop: hand every group this node leads to a caught-up voter; the
     /// reply lists the groups handed off.
     HandOffLeadership(oneshot::Sender<Vec<u64>>),
@@ -167,9 +161,7 @@ pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
     let (inbox, receiver) = crossbeam_channel::bounded(config.inbox_capacity);
     let transport = Transport::start(config.node_id, &config.peers, runtime.clone(), inbox.clone());
     let file_system = Arc::new(NodeFileSystem::default());
-    let (mut store, shared) =
-        Store::open(config, Box::new(transport), Some(runtime), (inbox.clone(), receiver), file_system)?;
-    store.flusher = Some(Flusher::start(inbox)?);
+    let (store, shared) = Store::open(config, Box::new(transport), Some(runtime), (inbox, receiver), file_system)?;
     std::thread::Builder::new()
         .name("store-loop".into())
         .spawn(move || store.run())
@@ -194,38 +186,6 @@ pub(crate) struct Store {
     snapshots_sent: HashMap<(u64, u64), Instant>,
     last_purge: Instant,
     last_reconcile: Instant,
-    /// Runs partition-log fsyncs off the loop thread; `None` in the simulation (inline).
-    flusher: Option<Flusher>,
-    /// Raft-engine writes produced between loop iterations (finished flushes), written with the
-    /// next iteration's batch.
-    deferred: LogBatch,
-    /// Messages that must wait until a group's running flush is back.
-    waiting_for_flush: HashMap<u64, Vec<StoreMsg>>,
-}
-
-/// The flusher thread and its job queue.
-struct Flusher {
-    jobs: Sender<(u64, FlushTicket)>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Flusher {
-    fn start(inbox: Sender<StoreMsg>) -> Result<Flusher> {
-        let (jobs, queue) = crossbeam_channel::unbounded::<(u64, FlushTicket)>();
-        let thread = std::thread::Builder::new()
-            .name("log-flusher".into())
-            .spawn(move || {
-                for (group, ticket) in queue {
-                    let outcome = ticket.run();
-                    // Blocking is fine here: this thread has nothing else to do.
-                    if inbox.send(StoreMsg::FlushDone { group, ticket, outcome }).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| Error::Engine(format!("cannot start the flusher thread: {e}")))?;
-        Ok(Flusher { jobs, thread })
-    }
 }
 
 /// How often a leader compares its groups' voters with the catalog's placement.
@@ -275,9 +235,6 @@ impl Store {
             snapshots_sent: HashMap::new(),
             last_purge: Instant::now(),
             last_reconcile: Instant::now(),
-            flusher: None,
-            deferred: LogBatch::default(),
-            waiting_for_flush: HashMap::new(),
         };
         let (storage, existed) = GroupStorage::open(store.engine.clone(), METADATA_GROUP.0, &voters)?;
         let mut raw =
@@ -468,15 +425,6 @@ impl Store {
                 };
                 let _ = reply.send(result);
             }
-            StoreMsg::FlushDone { group, ticket, outcome } => self.finish_flush(group, ticket, outcome),
-            // Snapshot steps rewrite the log and its checkpoint: they wait for a running flush.
-            message @ (StoreMsg::ResetLog { .. } | StoreMsg::SnapshotReady { .. }) if self.flush_running(&message) => {
-                let group = match &message {
-                    StoreMsg::ResetLog { group, .. } | StoreMsg::SnapshotReady { group, .. } => *group,
-                    _ => unreachable!("matched above"),
-                };
-                self.waiting_for_flush.entry(group).or_default().push(message);
-            }
             StoreMsg::ResetLog { group, offset, reply } => {
                 let result = match self.groups.get_mut(&group).map(|g| &mut g.kind) {
                     Some(Kind::Partition(replica)) => replica.reset(offset),
@@ -561,29 +509,29 @@ impl Store {
             after_persist.extend(ready.take_persisted_messages().into_iter().map(|m| (id, m)));
             readies.push((id, ready));
         }
-        batch.merge(&mut self.deferred).map_err(engine_error)?;
-        let background = self.flusher.is_some();
-        let mut started = Vec::new();
         for (id, group) in self.groups.iter_mut() {
             if group.failed {
                 continue;
             }
             if let Kind::Partition(replica) = &mut group.kind {
                 let applied = group.applied;
-                match replica.tend(applied, group.raw.store(), &mut batch, background) {
-                    Ok(Tended::Flushed(flushed)) => Self::trim_raft_log(group, *id, flushed, &self.config, &mut batch),
-                    Ok(Tended::Started(ticket)) => started.push((*id, ticket)),
-                    Ok(Tended::Nothing) => {}
+                match replica.maybe_flush(applied, group.raw.store(), &mut batch) {
+                    Ok(Some(flushed)) => {
+                        // Entries up to the flushed point live in the partition log now; keep a
+                        // tail for followers that lag a little, snapshots serve the rest.
+                        let last = group.raw.raft.raft_log.last_index();
+                        let keep_from =
+                            flushed.applied_index.min(last.saturating_sub(self.config.log_retained_entries));
+                        if let Err(error) = group.raw.mut_store().compact(&mut batch, keep_from) {
+                            warn!(group = id, %error, "trimming the Raft log failed");
+                        }
+                    }
+                    Ok(None) => {}
                     Err(error) => {
                         error!(group = id, %error, "flushing a partition log failed; the replica stops applying");
                         group.failed = true;
                     }
                 }
-            }
-        }
-        if let Some(flusher) = &self.flusher {
-            for job in started {
-                let _ = flusher.jobs.send(job);
             }
         }
         // A leader's appends go out before its own fsync, so followers persist in parallel
@@ -622,48 +570,6 @@ impl Store {
             self.on_catalog_change(change);
         }
         Ok(())
-    }
-
-    /// Entries up to the flushed point live in the partition log now: trim the Raft log, but
-    /// keep a tail for followers that lag a little (snapshots serve the rest).
-    fn trim_raft_log(
-        group: &mut Group,
-        id: u64,
-        flushed: ApplyState,
-        config: &ReplicationConfig,
-        batch: &mut LogBatch,
-    ) {
-        let last = group.raw.raft.raft_log.last_index();
-        let keep_from = flushed.applied_index.min(last.saturating_sub(config.log_retained_entries));
-        if let Err(error) = group.raw.mut_store().compact(batch, keep_from) {
-            warn!(group = id, %error, "trimming the Raft log failed");
-        }
-    }
-
-    /// Takes back a flush the flusher thread ran, records its apply state, and releases what
-    /// waited for it.
-    fn finish_flush(&mut self, group_id: u64, ticket: FlushTicket, outcome: std::result::Result<(), log_store::Error>) {
-        let Some(group) = self.groups.get_mut(&group_id) else { return };
-        if let Kind::Partition(replica) = &mut group.kind {
-            match replica.finish_flush(ticket, outcome, group.raw.store(), &mut self.deferred) {
-                Ok(flushed) => Self::trim_raft_log(group, group_id, flushed, &self.config, &mut self.deferred),
-                Err(error) => {
-                    error!(group = group_id, %error, "flushing a partition log failed; the replica stops applying");
-                    group.failed = true;
-                }
-            }
-        }
-        for message in self.waiting_for_flush.remove(&group_id).unwrap_or_default() {
-            self.handle(message);
-        }
-    }
-
-    fn flush_running(&self, message: &StoreMsg) -> bool {
-        let group = match message {
-            StoreMsg::ResetLog { group, .. } | StoreMsg::SnapshotReady { group, .. } => *group,
-            _ => return false,
-        };
-        matches!(self.groups.get(&group).map(|g| &g.kind), Some(Kind::Partition(replica)) if replica.flush_in_flight())
     }
 
     /// Hands messages to the transport, one batch per destination node.
@@ -988,17 +894,7 @@ impl Store {
 
     /// Flushes every partition log and records the apply states (graceful stop).
     fn shutdown(&mut self) {
-        if let Some(flusher) = self.flusher.take() {
-            drop(flusher.jobs);
-            let _ = flusher.thread.join();
-            let finished: Vec<StoreMsg> = self.inbox.try_iter().collect();
-            for message in finished {
-                if let StoreMsg::FlushDone { group, ticket, outcome } = message {
-                    self.finish_flush(group, ticket, outcome);
-                }
-            }
-        }
-        let mut batch = std::mem::take(&mut self.deferred);
+        let mut batch = LogBatch::default();
         for (id, group) in self.groups.iter_mut() {
             group.fail_pending(None);
             if group.failed {

@@ -235,33 +235,3 @@ fn a_replica_installed_with_append_stored_reads_the_same_even_with_compaction_ga
     batch::set_base_offset(&mut behind, Offset(0));
     assert!(replica.append_stored(&mut behind).is_err(), "a stored batch below the end is refused");
 }
-
-#[test]
-fn a_flush_runs_on_another_thread_while_appends_continue() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { segment_bytes_max: 4096, ..LogConfig::default() };
-    let mut log = Log::open(dir.path(), config.clone()).unwrap();
-    for _ in 0..10 {
-        let next = log.next_offset().0;
-        log.append(&mut payload_batch(next, 3, Compression::None)).unwrap();
-    }
-    let ticket = log.start_flush().unwrap();
-    assert_eq!(ticket.flushed_offset(), Offset(30));
-    assert!(matches!(log.truncate_suffix(Offset(3)), Err(Error::FlushInFlight)));
-    assert!(matches!(log.flush(), Err(Error::FlushInFlight)));
-    let running = std::thread::spawn(move || {
-        let outcome = ticket.run();
-        (ticket, outcome)
-    });
-    for _ in 0..10 {
-        let next = log.next_offset().0;
-        log.append(&mut payload_batch(next, 3, Compression::None)).unwrap();
-    }
-    let (ticket, outcome) = running.join().unwrap();
-    assert_eq!(log.finish_flush(ticket, outcome).unwrap(), Offset(30));
-    assert_eq!(log.flushed_offset(), Offset(30));
-    assert_eq!(log.flush().unwrap(), Offset(60), "flushes work again once the ticket is back");
-    drop(log);
-    let log = Log::open(dir.path(), config).unwrap();
-    assert_eq!(read_all(&log.reader()).len(), 60);
-}
