@@ -40,8 +40,11 @@ pub(crate) struct TimeEntry {
 pub(crate) struct Indexes {
     offsets: Vec<OffsetEntry>,
     times: Vec<TimeEntry>,
+    /// Entries already on disk; 0 means the file is rewritten whole on the next persist.
     offsets_persisted: usize,
     times_persisted: usize,
+    /// The file holds entries that were dropped in memory (see `load`).
+    offsets_stale_on_disk: bool,
 }
 
 impl Indexes {
@@ -120,6 +123,9 @@ impl Indexes {
                 }
             }
             if entry.position as u64 >= position_limit {
+                // Entries past the limit stay in the file until it is rewritten: make sure the
+                // next persist rewrites it instead of appending after them.
+                indexes.offsets_stale_on_disk = true;
                 break;
             }
             indexes.offsets.push(entry);
@@ -136,7 +142,7 @@ impl Indexes {
             }
             indexes.times.push(entry);
         }
-        indexes.offsets_persisted = indexes.offsets.len();
+        indexes.offsets_persisted = if indexes.offsets_stale_on_disk { 0 } else { indexes.offsets.len() };
         indexes.times_persisted = indexes.times.len();
         Some(indexes)
     }
@@ -151,30 +157,53 @@ impl Indexes {
         }
     }
 
-    /// Writes entries not yet on disk; rewrites the files when a truncation invalidated them.
+    /// Writes entries not yet on disk; rewrites a file whole when a truncation or a load
+    /// dropped entries, or when it does not hold exactly the entries known to be there.
     pub fn persist(&mut self, offset_path: &Path, time_path: &Path) -> Result<()> {
         if self.offsets_persisted < self.offsets.len() || self.offsets_persisted == 0 {
-            let rewrite = self.offsets_persisted == 0;
-            let mut bytes = Vec::with_capacity((self.offsets.len() - self.offsets_persisted) * OFFSET_ENTRY_LEN);
-            for entry in &self.offsets[self.offsets_persisted..] {
-                bytes.extend_from_slice(&entry.relative_offset.to_be_bytes());
-                bytes.extend_from_slice(&entry.position.to_be_bytes());
-            }
-            write_entries(offset_path, &bytes, rewrite)?;
+            let encoded = |entries: &[OffsetEntry]| -> Vec<u8> {
+                entries
+                    .iter()
+                    .flat_map(|e| e.relative_offset.to_be_bytes().into_iter().chain(e.position.to_be_bytes()))
+                    .collect()
+            };
+            persist_file(offset_path, self.offsets_persisted, OFFSET_ENTRY_LEN, &self.offsets, encoded)?;
             self.offsets_persisted = self.offsets.len();
+            self.offsets_stale_on_disk = false;
         }
         if self.times_persisted < self.times.len() || self.times_persisted == 0 {
-            let rewrite = self.times_persisted == 0;
-            let mut bytes = Vec::with_capacity((self.times.len() - self.times_persisted) * TIME_ENTRY_LEN);
-            for entry in &self.times[self.times_persisted..] {
-                bytes.extend_from_slice(&entry.timestamp.to_be_bytes());
-                bytes.extend_from_slice(&entry.relative_offset.to_be_bytes());
-            }
-            write_entries(time_path, &bytes, rewrite)?;
+            let encoded = |entries: &[TimeEntry]| -> Vec<u8> {
+                entries
+                    .iter()
+                    .flat_map(|e| e.timestamp.to_be_bytes().into_iter().chain(e.relative_offset.to_be_bytes()))
+                    .collect()
+            };
+            persist_file(time_path, self.times_persisted, TIME_ENTRY_LEN, &self.times, encoded)?;
             self.times_persisted = self.times.len();
         }
         Ok(())
     }
+}
+
+/// Appends the entries after the first `persisted` to an index file — only if the file holds
+/// exactly those `persisted` entries; otherwise rewrites it whole.
+fn persist_file<E>(
+    path: &Path,
+    persisted: usize,
+    entry_len: usize,
+    entries: &[E],
+    encode: impl Fn(&[E]) -> Vec<u8>,
+) -> Result<()> {
+    let appendable = persisted > 0 && file_len(path) == Some((persisted * entry_len) as u64);
+    if appendable {
+        write_entries(path, &encode(&entries[persisted..]), false)
+    } else {
+        write_entries(path, &encode(entries), true)
+    }
+}
+
+fn file_len(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|metadata| metadata.len())
 }
 
 fn write_entries(path: &Path, bytes: &[u8], rewrite: bool) -> Result<()> {
@@ -222,5 +251,27 @@ mod tests {
         assert!(Indexes::load(&offsets, &times, 1 << 20).is_none());
         std::fs::remove_file(&offsets).unwrap();
         assert!(Indexes::load(&offsets, &times, 1 << 20).is_none());
+    }
+
+    #[test]
+    fn entries_dropped_at_load_are_not_left_in_the_file_to_resurface() {
+        // Regression: a crash between persisting index entries and writing the checkpoint left
+        // entries past the recovery point in the file; the load dropped them in memory but the
+        // next persist appended after them, and a later load trusted one that now pointed into
+        // the middle of a different batch.
+        let dir = tempfile::tempdir().unwrap();
+        let (offsets, times) = (dir.path().join("a.index"), dir.path().join("a.timeindex"));
+        let mut indexes = Indexes::default();
+        for (relative_offset, position) in [(1, 100), (2, 200), (3, 300)] {
+            indexes.push_offset(OffsetEntry { relative_offset, position });
+        }
+        indexes.persist(&offsets, &times).unwrap();
+        let mut reloaded = Indexes::load(&offsets, &times, 250).unwrap();
+        reloaded.push_offset(OffsetEntry { relative_offset: 3, position: 260 });
+        reloaded.push_offset(OffsetEntry { relative_offset: 4, position: 400 });
+        reloaded.persist(&offsets, &times).unwrap();
+        let again = Indexes::load(&offsets, &times, u64::MAX).unwrap();
+        assert_eq!(again.position_for(3), 260);
+        assert_eq!(again.offsets.len(), 4);
     }
 }
