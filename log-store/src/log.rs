@@ -65,6 +65,28 @@ pub struct Log {
     _lock: File,
 }
 
+/// How long [`Log::open`] keeps trying a lock held elsewhere before reporting [`Error::Locked`].
+///
+/// `flock` belongs to the open file description, and a process forked by another thread of this
+/// process (any `Command::spawn`) holds a copy of every descriptor until it execs. A log closed and
+/// reopened at that moment would see its own lock as taken; the wait outlasts such a window.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Takes the exclusive lock on `lock`, waiting up to [`LOCK_WAIT`] for a holder to let go.
+fn lock_directory(lock: &File, lock_path: &Path, dir: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { dir: dir.to_path_buf() }),
+            Err(std::fs::TryLockError::Error(error)) => return Err(Error::io(lock_path)(error)),
+        }
+    }
+}
+
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering from whatever a crash left behind.
     ///
@@ -76,11 +98,7 @@ impl Log {
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = File::create(&lock_path).map_err(Error::io(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { dir }),
-            Err(std::fs::TryLockError::Error(error)) => return Err(Error::io(&lock_path)(error)),
-        }
+        lock_directory(&lock, &lock_path, &dir)?;
         let bases = prepare_directory(&dir)?;
         let checkpoint = Checkpoint::read(&dir);
         Recovery { dir: &dir, config: &config, checkpoint }.run(bases, lock)

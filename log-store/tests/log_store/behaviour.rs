@@ -183,6 +183,33 @@ fn a_second_open_of_the_same_directory_is_refused() {
     assert!(matches!(Log::open(dir.path(), LogConfig::default()), Err(Error::Locked { .. })));
 }
 
+/// A child forked by another thread holds a copy of the lock's descriptor until it execs; a log
+/// closed and reopened meanwhile must not mistake that for a second owner (a CI run of the model
+/// test hit exactly this while the crash test was spawning children).
+#[test]
+fn reopening_while_another_thread_spawns_processes_is_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut spawned = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::process::Command::new("true").status().unwrap();
+                spawned += 1;
+            }
+            spawned
+        })
+    };
+    let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    for _ in 0..300 {
+        drop(log);
+        log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(spawner.join().unwrap() > 0, "the spawner ran alongside the reopens");
+}
+
 #[test]
 fn truncate_suffix_removes_whole_batches_and_appends_reuse_the_offsets() {
     let dir = tempfile::tempdir().unwrap();
