@@ -37,6 +37,11 @@ pub struct LogConfig {
     pub delete_retention_ms: i64,
     /// Largest size a compressed batch may inflate to when decoded; bounds memory per batch.
     pub decompressed_bytes_max: usize,
+    /// Once this many bytes were appended since the last time, ask the kernel to start writing
+    /// them to disk without waiting (`sync_file_range`), so a later [`crate::Log::flush`] finds
+    /// little left to write instead of stalling on everything since the previous one. 0 turns it
+    /// off. Durability still comes only from `flush`.
+    pub write_behind_bytes: u64,
     /// Source of the current time for segment age and retention.
     pub clock: Arc<dyn Clock>,
 }
@@ -56,6 +61,7 @@ impl Default for LogConfig {
             cleanup_policy: CleanupPolicy::Delete,
             delete_retention_ms: 24 * 3600 * 1000,
             decompressed_bytes_max: 64 * 1024 * 1024,
+            write_behind_bytes: 1024 * 1024,
             clock: Arc::new(SystemClock),
         }
     }

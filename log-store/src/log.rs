@@ -55,6 +55,8 @@ pub struct Log {
     /// Write position in the active segment (equal to its published length).
     pub(crate) position: u64,
     pub(crate) cursor: IndexCursor,
+    /// Position in the active segment up to which write-behind was started.
+    written_back: u64,
     /// Sealed segments whose data is not yet fsynced.
     pub(crate) unflushed: Vec<Arc<Segment>>,
     /// Files were created or removed since the directory was last fsynced.
@@ -195,11 +197,24 @@ impl Log {
         let next_offset = base_offset + record_count;
         self.active.publish(self.position, next_offset, header.max_timestamp);
         self.shared.next_offset.store(next_offset, Ordering::Release);
+        self.maybe_write_behind();
         Ok(Appended {
             base_offset: Offset(base_offset),
             last_offset: Offset(next_offset - 1),
             max_timestamp: header.max_timestamp,
         })
+    }
+
+    /// Starts writeback of the active segment's bytes since the last start, once there are
+    /// [`LogConfig::write_behind_bytes`] of them.
+    fn maybe_write_behind(&mut self) {
+        let from = self.written_back.min(self.position);
+        self.written_back = from;
+        let threshold = self.config.write_behind_bytes;
+        if threshold > 0 && self.position - from >= threshold {
+            self.active.start_writeback(from, self.position - from);
+            self.written_back = self.position;
+        }
     }
 
     /// A failed write may have left part of a batch in the file; cut it off so the next append
@@ -246,6 +261,7 @@ impl Log {
         let sealed = std::mem::replace(&mut self.active, segment);
         self.unflushed.push(sealed);
         self.position = 0;
+        self.written_back = 0;
         self.cursor = IndexCursor::new();
         self.dir_dirty = true;
         Ok(())
@@ -336,6 +352,7 @@ impl Log {
         self.active = segment;
         self.unflushed.clear();
         self.position = 0;
+        self.written_back = 0;
         self.cursor = IndexCursor::new();
         self.shared.log_start_offset.store(offset, Ordering::Release);
         self.shared.flushed_offset.store(offset, Ordering::Release);
@@ -590,6 +607,7 @@ impl Recovery<'_> {
             shared,
             active,
             position,
+            written_back: position,
             cursor,
             unflushed: Vec::new(),
             dir_dirty: false,

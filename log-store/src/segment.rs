@@ -155,6 +155,29 @@ impl Segment {
         self.file.set_len(len).map_err(Error::io(&self.log_path))
     }
 
+    /// Asks the kernel to start writing `len` bytes at `position` to disk, without waiting.
+    /// Only a hint: errors surface at the next [`Segment::sync`].
+    pub fn start_writeback(&self, position: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a descriptor this segment owns; no memory is passed.
+            let result = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    position as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            if result != 0 {
+                tracing::debug!(file = %self.log_path.display(), error = %std::io::Error::last_os_error(), "sync_file_range");
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (position, len);
+    }
+
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(Error::io(&self.log_path))
     }

@@ -16,7 +16,12 @@ const CHILD_ENV: &str = "LOG_STORE_CRASH_CHILD_DIR";
 const TEST_NAME: &str = "crash::kill_9_while_appending_keeps_every_flushed_batch";
 
 fn crash_config() -> LogConfig {
-    LogConfig { segment_bytes_max: 256 * 1024, index_interval_bytes: 2048, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes_max: 256 * 1024,
+        index_interval_bytes: 2048,
+        write_behind_bytes: 16 * 1024,
+        ..LogConfig::default()
+    }
 }
 
 /// A small xorshift generator: the test prints its seed so a failing run can be replayed.

@@ -101,6 +101,7 @@ fn config(settings: &Settings, clock: &ManualClock) -> LogConfig {
         retention_bytes: settings.retention_bytes,
         cleanup_policy: if settings.compacted { CleanupPolicy::Compact } else { CleanupPolicy::Delete },
         delete_retention_ms: 700,
+        write_behind_bytes: settings.index_interval_bytes,
         clock: Arc::new(clock.clone()),
         ..LogConfig::default()
     }
