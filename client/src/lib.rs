@@ -23,11 +23,12 @@ use log_store::batch::{BatchBuilder, Compression, NewRecord, Record};
 use proto::v1::broker_client::BrokerClient;
 use proto::v1::{
     AddNodeRequest, ClusterStatusRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest,
-    ListTopicsRequest, ProduceRequest, RemoveNodeRequest,
+    ListTopicsRequest, ProduceRequest, RemoveNodeRequest, SetEndpointsRequest,
 };
 pub use proto::v1::{ClusterStatusResponse, FetchResponse, TopicConfig, TopicDescription};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+pub use tonic::Code;
+use tonic::Status;
 
 /// How long a call keeps retrying transient failures (no leader yet, node down).
 const RETRY_DEADLINE: Duration = Duration::from_secs(20);
@@ -207,6 +208,17 @@ impl Client {
         self.call(|mut c| {
             let r = request.clone();
             async move { c.add_node(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Records where node `id`'s protocol listeners (`kafka`, …) are reached by clients.
+    pub async fn set_endpoints(&self, id: u64, endpoints: HashMap<String, String>) -> Result<(), Error> {
+        let request = SetEndpointsRequest { node_id: id, endpoints };
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.set_endpoints(r).await }
         })
         .await
         .map(|_| ())

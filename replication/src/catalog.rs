@@ -23,6 +23,10 @@ pub struct NodeInfo {
     pub address: String,
     /// Removed nodes hold no replicas and take no part in placement.
     pub removed: bool,
+    /// `host:port` of its protocol listeners by protocol name (`kafka`, …), as clients reach
+    /// them; each node registers its own once it runs.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, String>,
 }
 
 /// Per-topic settings, Kafka's names in snake case.
@@ -72,6 +76,9 @@ pub(crate) enum Command {
     /// The first entry of a new cluster: its initial members.
     Bootstrap {
         nodes: Vec<NodeInfo>,
+        /// The cluster's id, chosen once by the node that founds it.
+        #[serde(default)]
+        cluster_id: String,
     },
     CreateTopic {
         name: String,
@@ -90,6 +97,11 @@ pub(crate) enum Command {
     RemoveNode {
         id: NodeId,
     },
+    /// Records where a node's protocol listeners are reached.
+    SetEndpoints {
+        id: NodeId,
+        endpoints: BTreeMap<String, String>,
+    },
 }
 
 /// What applying a command changed, for the store loop to act on.
@@ -99,6 +111,7 @@ pub(crate) enum Change {
     TopicCreated(TopicInfo),
     TopicDeleted(TopicInfo),
     NodeAdded(NodeInfo),
+    EndpointsSet,
     /// A node was removed; these partitions got a new replica in its place.
     NodeRemoved {
         id: NodeId,
@@ -115,12 +128,20 @@ pub struct Catalog {
     pub topics: BTreeMap<String, TopicInfo>,
     /// The id the next partition group gets.
     pub next_group: u64,
+    /// The cluster's id (Kafka's `cluster.id`), fixed at bootstrap.
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
 impl Catalog {
     /// An empty catalog: nodes arrive with the `Bootstrap` command, the metadata log's first.
     pub(crate) fn new() -> Catalog {
-        Catalog { nodes: BTreeMap::new(), topics: BTreeMap::new(), next_group: FIRST_PARTITION_GROUP }
+        Catalog {
+            nodes: BTreeMap::new(),
+            topics: BTreeMap::new(),
+            next_group: FIRST_PARTITION_GROUP,
+            cluster_id: String::new(),
+        }
     }
 
     /// Nodes that may hold replicas, in id order.
@@ -136,11 +157,12 @@ impl Catalog {
     /// Applies a committed command. Errors leave the catalog unchanged on every node alike.
     pub(crate) fn apply(&mut self, command: &Command) -> Result<Change> {
         match command {
-            Command::Bootstrap { nodes } => {
+            Command::Bootstrap { nodes, cluster_id } => {
                 if !self.nodes.is_empty() {
                     return Err(Error::InvalidRequest("the cluster is already bootstrapped".into()));
                 }
                 self.nodes = nodes.iter().map(|node| (node.id, node.clone())).collect();
+                self.cluster_id = cluster_id.clone();
                 Ok(Change::Bootstrapped)
             }
             Command::AddNode { id, address } => {
@@ -150,11 +172,20 @@ impl Catalog {
                 if self.nodes.get(id).is_some_and(|node| !node.removed) {
                     return Err(Error::InvalidRequest(format!("node {id} is already a member")));
                 }
-                let node = NodeInfo { id: *id, address: address.clone(), removed: false };
+                let node = NodeInfo { id: *id, address: address.clone(), removed: false, endpoints: BTreeMap::new() };
                 self.nodes.insert(*id, node.clone());
                 Ok(Change::NodeAdded(node))
             }
             Command::RemoveNode { id } => self.remove_node(*id),
+            Command::SetEndpoints { id, endpoints } => {
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .filter(|node| !node.removed)
+                    .ok_or_else(|| Error::InvalidRequest(format!("node {id} is not an active member")))?;
+                node.endpoints = endpoints.clone();
+                Ok(Change::EndpointsSet)
+            }
             Command::CreateTopic { name, partitions, replication_factor, config } => {
                 validate_topic_name(name)?;
                 if self.topics.contains_key(name) {
@@ -279,8 +310,9 @@ mod tests {
             id: NodeId(id),
             address: format!("127.0.0.1:{}", 9300 + id),
             removed: false,
+            endpoints: BTreeMap::new(),
         });
-        catalog.apply(&Command::Bootstrap { nodes: nodes.collect() }).unwrap();
+        catalog.apply(&Command::Bootstrap { nodes: nodes.collect(), cluster_id: "test".into() }).unwrap();
         catalog
     }
 
@@ -339,5 +371,23 @@ mod tests {
         catalog.apply(&Command::RemoveNode { id: NodeId(1) }).unwrap();
         assert!(catalog.apply(&Command::RemoveNode { id: NodeId(3) }).is_err(), "would leave two nodes for RF 3");
         assert_eq!(catalog.active_nodes(), vec![NodeId(3), NodeId(4), NodeId(5)]);
+    }
+
+    #[test]
+    fn endpoints_are_recorded_for_active_nodes_only() {
+        let mut catalog = catalog(3);
+        let endpoints: BTreeMap<String, String> = [("kafka".to_string(), "127.0.0.1:9092".to_string())].into();
+        catalog.apply(&Command::SetEndpoints { id: NodeId(2), endpoints: endpoints.clone() }).unwrap();
+        assert_eq!(catalog.nodes[&NodeId(2)].endpoints, endpoints);
+        assert!(catalog.apply(&Command::SetEndpoints { id: NodeId(9), endpoints: endpoints.clone() }).is_err());
+        catalog.apply(&Command::RemoveNode { id: NodeId(3) }).unwrap();
+        assert!(catalog.apply(&Command::SetEndpoints { id: NodeId(3), endpoints }).is_err());
+    }
+
+    #[test]
+    fn catalogs_written_before_endpoints_existed_still_load() {
+        let old = r#"{"id":1,"address":"127.0.0.1:9300","removed":false}"#;
+        let node: NodeInfo = serde_json::from_str(old).unwrap();
+        assert!(node.endpoints.is_empty());
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::Sender;
 use log_store::batch;
-use log_store::Offset;
-use tokio::sync::oneshot;
+use log_store::{LogReader, Offset};
+use tokio::sync::{oneshot, watch};
 
 use crate::catalog::{Catalog, Command, TopicConfig, TopicInfo};
 use crate::error::{Error, Result};
@@ -65,6 +65,10 @@ pub struct FetchResult {
 pub struct PartitionStatus {
     /// Current leader, if known.
     pub leader: Option<NodeId>,
+    /// The Raft term the leader was learnt in (Kafka's leader epoch).
+    pub leader_epoch: u64,
+    /// The group's voters as this replica last applied them.
+    pub voters: Vec<NodeId>,
     /// First readable offset.
     pub log_start_offset: Offset,
     /// Next offset after the last committed record.
@@ -97,6 +101,11 @@ impl Cluster {
         self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// One topic of the catalog, without copying the rest.
+    pub fn topic(&self, name: &str) -> Option<TopicInfo> {
+        self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).topics.get(name).cloned()
+    }
+
     /// The metadata group's leader as this node knows it.
     pub fn metadata_leader(&self) -> Option<NodeId> {
         Some(self.shared.metadata_leader.load(Ordering::Acquire)).filter(|id| *id != 0).map(NodeId)
@@ -111,8 +120,11 @@ impl Cluster {
     pub fn partition_status(&self, topic: &str, partition: u32) -> Option<PartitionStatus> {
         let handle = self.local(topic, partition)?;
         let high_watermark = Offset(*handle.high_watermark.borrow());
+        let voters = handle.voters.read().unwrap_or_else(|p| p.into_inner()).clone();
         Some(PartitionStatus {
             leader: handle.leader(),
+            leader_epoch: handle.leader_term.load(Ordering::Acquire),
+            voters,
             log_start_offset: handle.reader.log_start_offset(),
             high_watermark,
         })
@@ -183,6 +195,13 @@ impl Cluster {
         }
     }
 
+    /// A read handle on a partition this node leads, and a watch of its high watermark that
+    /// changes on every apply (for long-poll fetches spanning several partitions).
+    pub fn leader_reader(&self, topic: &str, partition: u32) -> Result<(LogReader, watch::Receiver<u64>)> {
+        let handle = self.leading(topic, partition)?;
+        Ok((handle.reader.clone(), handle.high_watermark.subscribe()))
+    }
+
     /// Creates a topic (this node must lead the metadata group). Completes once the catalog
     /// change is committed; the partition groups then elect their leaders.
     pub async fn create_topic(
@@ -208,6 +227,11 @@ impl Cluster {
     /// catalog records it; the metadata leader then makes it a voter of the metadata group.
     pub async fn add_node(&self, id: NodeId, address: String) -> Result<()> {
         self.propose_metadata(Command::AddNode { id, address }).await.map(|_| ())
+    }
+
+    /// Records where a node's protocol listeners (`kafka`, …) are reached by clients.
+    pub async fn set_endpoints(&self, id: NodeId, endpoints: BTreeMap<String, String>) -> Result<()> {
+        self.propose_metadata(Command::SetEndpoints { id, endpoints }).await.map(|_| ())
     }
 
     /// Removes a node: its replicas are reassigned at once and the groups' leaders move them

@@ -31,6 +31,8 @@ pub(crate) struct PartitionHandle {
     pub reader: LogReader,
     /// The group's leader as this replica last heard, 0 when unknown.
     pub leader: AtomicU64,
+    /// The Raft term in which `leader` was learnt (Kafka's leader epoch).
+    pub leader_term: AtomicU64,
     /// Next offset after the last applied (committed) batch: the high watermark.
     pub high_watermark: watch::Sender<u64>,
     /// Rules a batch must pass before it is proposed.
@@ -119,6 +121,7 @@ impl PartitionReplica {
             group: info.group,
             reader: log.reader(),
             leader: AtomicU64::new(0),
+            leader_term: AtomicU64::new(0),
             high_watermark: watch::Sender::new(log.next_offset().0),
             validation,
             batch_bytes_max,

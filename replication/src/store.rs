@@ -490,7 +490,10 @@ impl Store {
                             self.last_reconcile = Instant::now() - RECONCILE_INTERVAL;
                         }
                     }
-                    Kind::Partition(replica) => replica.handle.leader.store(soft.leader_id, Ordering::Release),
+                    Kind::Partition(replica) => {
+                        replica.handle.leader_term.store(group.raw.raft.term, Ordering::Release);
+                        replica.handle.leader.store(soft.leader_id, Ordering::Release);
+                    }
                 }
                 if soft.raft_state != StateRole::Leader {
                     group.fail_pending(leader);
@@ -725,6 +728,7 @@ impl Store {
                     self.transport.add_peer(node.id.0, &node.address);
                 }
             }
+            Change::EndpointsSet => {}
             Change::NodeAdded(node) => {
                 info!(node = node.id.0, address = %node.address, "node added to the cluster");
                 self.transport.add_peer(node.id.0, &node.address);
@@ -819,9 +823,15 @@ impl Store {
                         .config
                         .peers
                         .iter()
-                        .map(|peer| NodeInfo { id: NodeId(peer.id), address: peer.address.clone(), removed: false })
+                        .map(|peer| NodeInfo {
+                            id: NodeId(peer.id),
+                            address: peer.address.clone(),
+                            removed: false,
+                            endpoints: BTreeMap::new(),
+                        })
                         .collect();
-                    if let Ok(data) = serde_json::to_vec(&Command::Bootstrap { nodes }) {
+                    let cluster_id = new_cluster_id(me);
+                    if let Ok(data) = serde_json::to_vec(&Command::Bootstrap { nodes, cluster_id }) {
                         metadata.wake();
                         let _ = metadata.raw.propose(Vec::new(), data);
                     }
@@ -1021,4 +1031,11 @@ impl Shared {
     pub(crate) fn propose_command(&self, command: &Command) -> Result<Vec<u8>> {
         serde_json::to_vec(command).map_err(|e| Error::InvalidRequest(e.to_string()))
     }
+}
+
+/// A fresh cluster id: the founding node's id and the time, unique enough for operators and
+/// for Kafka clients, which only compare it.
+fn new_cluster_id(node_id: u64) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("rmq-{:x}-{node_id}", nanos)
 }

@@ -343,6 +343,26 @@ impl Broker for BrokerService {
         }
     }
 
+    async fn set_endpoints(
+        &self,
+        request: Request<SetEndpointsRequest>,
+    ) -> Result<Response<SetEndpointsResponse>, Status> {
+        let was_forwarded = forwarded(&request);
+        let message = request.into_inner();
+        let endpoints = message.endpoints.clone().into_iter().collect();
+        match self.cluster.set_endpoints(NodeId(message.node_id), endpoints).await {
+            Ok(()) => Ok(Response::new(SetEndpointsResponse {})),
+            Err(error) => {
+                self.or_forward(
+                    error,
+                    was_forwarded,
+                    |mut peer| async move { peer.set_endpoints(marked(message)).await },
+                )
+                .await
+            }
+        }
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<ClusterStatusRequest>,
@@ -366,6 +386,7 @@ pub fn cluster_status(cluster: &Cluster) -> ClusterStatusResponse {
                 address: node.address.clone(),
                 leaders: if node.id == me { cluster.leader_count() as u32 } else { 0 },
                 removed: node.removed,
+                endpoints: node.endpoints.clone().into_iter().collect(),
             })
             .collect(),
     }

@@ -51,6 +51,64 @@ impl Default for RaftSettings {
     }
 }
 
+/// The Kafka listener (`[kafka]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// Serve Kafka clients at all.
+    pub enabled: bool,
+    /// Address the Kafka listener binds.
+    pub listen: String,
+    /// Address Kafka clients are told to use for this node; defaults to 127.0.0.1 and the port.
+    pub advertised_address: Option<String>,
+    /// Create unknown topics that clients ask metadata for (`auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics and of topics created with `num_partitions = -1`.
+    pub default_partitions: u32,
+    /// Replicas of such topics; 0 = min(3, nodes).
+    pub default_replication_factor: u32,
+    /// Largest request accepted, in bytes (`socket.request.max.bytes`).
+    pub request_bytes_max: usize,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        let defaults = facade_kafka::KafkaConfig::default();
+        KafkaSettings {
+            enabled: true,
+            listen: "0.0.0.0:9092".into(),
+            advertised_address: None,
+            auto_create_topics: defaults.auto_create_topics,
+            default_partitions: defaults.default_partitions,
+            default_replication_factor: defaults.default_replication_factor,
+            request_bytes_max: defaults.request_bytes_max,
+        }
+    }
+}
+
+impl KafkaSettings {
+    /// Checks the settings and turns them into the façade's.
+    pub fn facade(&self) -> anyhow::Result<facade_kafka::KafkaConfig> {
+        let listen: SocketAddr =
+            self.listen.parse().with_context(|| format!("kafka.listen {:?} is not host:port", self.listen))?;
+        let advertised_address = match &self.advertised_address {
+            Some(address) => address.clone(),
+            None => format!("127.0.0.1:{}", listen.port()),
+        };
+        if self.default_partitions == 0 {
+            bail!("kafka.default_partitions must be at least 1");
+        }
+        Ok(facade_kafka::KafkaConfig {
+            advertised_address,
+            auto_create_topics: self.auto_create_topics,
+            default_partitions: self.default_partitions,
+            default_replication_factor: self.default_replication_factor,
+            request_bytes_max: self.request_bytes_max,
+            ..facade_kafka::KafkaConfig::default()
+        })
+    }
+}
+
 /// The whole node configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -74,6 +132,8 @@ pub struct NodeConfig {
     pub batch_bytes_max: usize,
     /// Raft timing.
     pub raft: RaftSettings,
+    /// The Kafka listener.
+    pub kafka: KafkaSettings,
 }
 
 impl Default for NodeConfig {
@@ -88,6 +148,7 @@ impl Default for NodeConfig {
             join: false,
             batch_bytes_max: replication::ReplicationConfig::default().batch_bytes_max,
             raft: RaftSettings::default(),
+            kafka: KafkaSettings::default(),
         }
     }
 }

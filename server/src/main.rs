@@ -119,6 +119,12 @@ struct ServeArgs {
     /// Join a running cluster (reached through the --peer nodes) instead of founding one.
     #[arg(long)]
     join: bool,
+    /// Listen address of the Kafka protocol.
+    #[arg(long)]
+    kafka_listen: Option<String>,
+    /// Address Kafka clients reach this node at.
+    #[arg(long)]
+    kafka_advertised_address: Option<String>,
 }
 
 fn parse_peer(text: &str) -> Result<Peer, String> {
@@ -153,6 +159,12 @@ impl ServeArgs {
         }
         if self.join {
             config.join = true;
+        }
+        if let Some(listen) = self.kafka_listen {
+            config.kafka.listen = listen;
+        }
+        if let Some(advertised) = self.kafka_advertised_address {
+            config.kafka.advertised_address = Some(advertised);
         }
         Ok(config)
     }

@@ -1,19 +1,23 @@
 //! `robustmq serve`: starts replication, the gRPC listener and the admin listener, and stops
 //! them gracefully on SIGINT/SIGTERM (stop accepting, let in-flight requests finish, flush).
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use replication::Cluster;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::broker::{BrokerService, MESSAGE_BYTES_MAX};
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 
+/// How often a node checks that the catalog holds its protocol endpoints.
+const ENDPOINT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long leaderships get to move to other nodes after a shutdown signal.
 const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long in-flight requests get to finish after that. Peers' Raft streams never finish on
@@ -37,6 +41,15 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(&config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
+    let kafka = if config.kafka.enabled {
+        let facade = config.kafka.facade()?;
+        let listener = TcpListener::bind(&config.kafka.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (kafka.listen)", config.kafka.listen))?;
+        Some((facade, listener))
+    } else {
+        None
+    };
 
     let metrics = Arc::new(Metrics::register());
     let (cluster, raft_service) = replication::start(replication).context("cannot start replication")?;
@@ -72,15 +85,48 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
             .await
     });
 
+    let mut endpoints = std::collections::HashMap::new();
+    let mut kafka_task = None;
+    if let Some((facade, listener)) = kafka {
+        endpoints.insert(facade_kafka::ENDPOINT.to_string(), facade.advertised_address.clone());
+        let admin = client::Client::new(vec![config.advertised()?]);
+        kafka_task = Some(tokio::spawn(facade_kafka::serve(listener, cluster.clone(), admin, facade, stop.clone())));
+    }
+    let registration = tokio::spawn(register_endpoints(cluster.clone(), config.advertised()?, endpoints));
+
     shutdown_signal().await?;
+    registration.abort();
     info!("shutdown signal received: handing leadership over, then finishing in-flight requests");
     cluster.hand_off_leadership(HAND_OFF_TIMEOUT).await;
     let _ = stop_sender.send(true);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, grpc).await;
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, admin).await;
+    if let Some(kafka) = kafka_task {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, kafka).await;
+    }
     cluster.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// Records this node's protocol endpoints in the catalog (through the metadata leader), and
+/// again whenever the catalog loses them (a restart with other addresses, a re-added node).
+async fn register_endpoints(cluster: Cluster, own_address: String, endpoints: HashMap<String, String>) {
+    let wanted: BTreeMap<String, String> = endpoints.clone().into_iter().collect();
+    let client = client::Client::new(vec![own_address]);
+    loop {
+        let registered = cluster.catalog().nodes.get(&cluster.node_id()).map(|node| node.endpoints.clone());
+        match registered {
+            Some(current) if current == wanted => {}
+            // Not (yet) a member: a joining node waits for `cluster add-node`.
+            None => {}
+            Some(_) => match client.set_endpoints(cluster.node_id().0, endpoints.clone()).await {
+                Ok(()) => info!(?wanted, "registered protocol endpoints"),
+                Err(error) => warn!(%error, "cannot register protocol endpoints yet"),
+            },
+        }
+        tokio::time::sleep(ENDPOINT_CHECK_INTERVAL).await;
+    }
 }
 
 fn tokio_stream_listener(listener: TcpListener) -> tonic::transport::server::TcpIncoming {

@@ -1,1 +1,22 @@
-//! Kafka wire-protocol façade over the replicated log. Empty until issue 4.
+//! Kafka wire-protocol façade: unmodified Kafka clients produce to and fetch from the replicated
+//! partitions (DESIGN §5).
+//!
+//! Each node listens for Kafka clients (9092 by default) and answers as broker `node id`. Record
+//! batches pass through verbatim: a produced batch becomes one Raft entry and is stored byte for
+//! byte, its base offset stamped at apply; a fetch returns the stored batches. Frames are decoded
+//! with the `kafka-protocol` crate; see `docs/compat-kafka.md` for what is and is not supported.
+
+mod admin;
+mod broker;
+mod config;
+mod connection;
+mod errors;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+mod versions;
+
+pub use broker::serve;
+pub use broker::ENDPOINT;
+pub use config::KafkaConfig;

@@ -1,0 +1,33 @@
+//! `KafkaConfig`: the Kafka listener's settings.
+
+/// Settings of one node's Kafka listener.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// `host:port` clients are told to connect to for this node (Metadata answers).
+    pub advertised_address: String,
+    /// Create an unknown topic when a client asks for its metadata (Kafka's
+    /// `auto.create.topics.enable`); the client's own `allow_auto_topic_creation` must agree.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic, or of one created with `num_partitions = -1`.
+    pub default_partitions: u32,
+    /// Replicas of such a topic; 0 picks min(3, nodes).
+    pub default_replication_factor: u32,
+    /// Largest request frame accepted (Kafka's `socket.request.max.bytes`); a larger one closes
+    /// the connection.
+    pub request_bytes_max: usize,
+    /// Requests of one connection processed at once; responses still go out in request order.
+    pub pipelined_requests_max: usize,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            advertised_address: "127.0.0.1:9092".into(),
+            auto_create_topics: true,
+            default_partitions: 1,
+            default_replication_factor: 0,
+            request_bytes_max: 100 * 1024 * 1024,
+            pipelined_requests_max: 16,
+        }
+    }
+}
