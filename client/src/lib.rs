@@ -301,9 +301,15 @@ impl Client {
 }
 
 /// Failures that another attempt (after an election, on another node) may not see.
+/// `Cancelled` is what a call gets when the node dies under it (its connection is reset).
 fn is_transient(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Unknown | Code::Aborted
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Unknown
+            | Code::Aborted
+            | Code::Cancelled
     ) && !status.message().contains("too large")
 }

@@ -145,6 +145,18 @@ impl Cluster {
     /// Appends one RecordBatch v2 to a partition this node leads. Completes when the batch is
     /// committed by a majority and applied here, with the offsets it got.
     pub async fn append(&self, topic: &str, partition: u32, batch_bytes: Vec<u8>) -> Result<(Offset, Offset)> {
+        self.start_append(topic, partition, batch_bytes)?.await
+    }
+
+    /// [`Cluster::append`] in two steps: the batch is checked and proposed before this returns,
+    /// so appends started one after the other reach the Raft log in that order (what Kafka
+    /// promises for requests pipelined on one connection); the future completes as `append`.
+    pub fn start_append(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch_bytes: Vec<u8>,
+    ) -> Result<impl std::future::Future<Output = Result<(Offset, Offset)>> + Send + 'static> {
         let handle = self.leading(topic, partition)?;
         if batch_bytes.len() > handle.batch_bytes_max {
             return Err(Error::Log(log_store::Error::BatchTooLarge {
@@ -153,10 +165,13 @@ impl Cluster {
             }));
         }
         batch::validate(&batch_bytes, handle.validation)?;
-        match self.propose(handle.group, batch_bytes).await? {
-            Applied::Offsets(base, last) => Ok((base, last)),
-            other => Err(Error::Engine(format!("unexpected apply result {other:?}"))),
-        }
+        let applied = self.start_proposal(handle.group, batch_bytes)?;
+        Ok(async move {
+            match applied.await? {
+                Applied::Offsets(base, last) => Ok((base, last)),
+                other => Err(Error::Engine(format!("unexpected apply result {other:?}"))),
+            }
+        })
     }
 
     /// Reads whole batches from `from` on a partition this node leads, waiting up to `max_wait`
@@ -289,13 +304,24 @@ impl Cluster {
     }
 
     async fn propose(&self, group: GroupId, data: Vec<u8>) -> Result<Applied> {
+        self.start_proposal(group, data)?.await
+    }
+
+    /// Hands a proposal to the store loop now; the future waits for its outcome.
+    fn start_proposal(
+        &self,
+        group: GroupId,
+        data: Vec<u8>,
+    ) -> Result<impl std::future::Future<Output = Result<Applied>> + Send + 'static> {
         let (reply, applied) = oneshot::channel();
         try_send(&self.shared.inbox, StoreMsg::Propose { group, data, reply })?;
-        match tokio::time::timeout(PROPOSAL_TIMEOUT, applied).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => Err(Error::Timeout),
-        }
+        Ok(async move {
+            match tokio::time::timeout(PROPOSAL_TIMEOUT, applied).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(Error::Stopped),
+                Err(_) => Err(Error::Timeout),
+            }
+        })
     }
 
     fn local(&self, topic: &str, partition: u32) -> Option<Arc<PartitionHandle>> {

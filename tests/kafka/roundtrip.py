@@ -52,8 +52,17 @@ def confluent(bootstrap, topic, partitions, rf):
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=rf)])
     futures[topic].result(timeout=30)
-    listed = admin.list_topics(timeout=10).topics
-    assert topic in listed and len(listed[topic].partitions) == partitions, f"metadata lists {listed.get(topic)}"
+    # Produce only once every partition has a leader: a retried batch (no idempotence here)
+    # may be reordered, and this test checks order.
+    deadline = time.time() + 30
+    while True:
+        listed = admin.list_topics(timeout=10).topics
+        described = listed.get(topic)
+        if described and len(described.partitions) == partitions and all(
+                p.leader >= 0 and not p.error for p in described.partitions.values()):
+            break
+        assert time.time() < deadline, f"partitions never got leaders: {described}"
+        time.sleep(0.1)
     expected = expected_records(partitions)
     errors = []
     for codec in CODECS:
@@ -90,6 +99,14 @@ def kafka_python(bootstrap, topic, partitions, rf):
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=rf)])
     assert topic in admin.list_topics(), "the new topic is not listed"
+    deadline = time.time() + 30
+    while True:  # leaders first, as above
+        described = admin.describe_topics([topic])[0]
+        if described["error_code"] == 0 and all(p["leader_id"] >= 0 and p["error_code"] == 0
+                                                for p in described["partitions"]):
+            break
+        assert time.time() < deadline, f"partitions never got leaders: {described}"
+        time.sleep(0.1)
     admin.close()
     expected = expected_records(partitions)
     for codec in CODECS:

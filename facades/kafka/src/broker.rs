@@ -61,11 +61,11 @@ pub(crate) async fn stopping(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Runs one request's handler.
+/// Produce is not among them: the connection calls [`crate::produce::start`] itself, in order.
 pub(crate) async fn handle(broker: &Broker, mut request: Request) -> Reply {
     match request.api_key {
         ApiKey::ApiVersions => versions::api_versions(&request),
         ApiKey::Metadata => crate::metadata::handle(broker, &mut request).await,
-        ApiKey::Produce => crate::produce::handle(broker, &mut request).await,
         ApiKey::Fetch => crate::fetch::handle(broker, &mut request).await,
         ApiKey::ListOffsets => crate::list_offsets::handle(broker, &mut request).await,
         ApiKey::CreateTopics => crate::admin::create_topics(broker, &mut request).await,

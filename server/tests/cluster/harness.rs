@@ -12,6 +12,8 @@ pub struct Node {
     pub dir: PathBuf,
     pub grpc: String,
     pub admin: String,
+    /// The Kafka listener, `127.0.0.1:port`.
+    pub kafka: String,
     child: Option<Child>,
     starts: u32,
     join: bool,
@@ -44,6 +46,7 @@ impl TestCluster {
                 dir: root.path().join(format!("node{id}")),
                 grpc: format!("127.0.0.1:{}", free_port()),
                 admin: format!("127.0.0.1:{}", free_port()),
+                kafka: format!("127.0.0.1:{}", free_port()),
                 child: None,
                 starts: 0,
                 join: false,
@@ -71,6 +74,7 @@ impl TestCluster {
             dir: root.join(format!("node{id}")),
             grpc: format!("127.0.0.1:{}", free_port()),
             admin: format!("127.0.0.1:{}", free_port()),
+            kafka: format!("127.0.0.1:{}", free_port()),
             child: None,
             starts: 0,
             join: true,
@@ -100,6 +104,7 @@ impl TestCluster {
             config.push_str(&format!("[[peers]]\nid = {peer_id}\naddress = {address:?}\n"));
         }
         config.push_str(&extra_config);
+        config.push_str(&format!("\n[kafka]\nlisten = {:?}\n", node.kafka));
         let config_path = node.dir.with_extension("toml");
         std::fs::write(&config_path, config).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_robustmq"));
@@ -124,6 +129,11 @@ impl TestCluster {
             let status = child.wait().unwrap();
             assert!(status.success(), "node {id} exited with {status} after SIGTERM");
         }
+    }
+
+    /// Every node's Kafka listener, comma-separated (a Kafka client's bootstrap list).
+    pub fn kafka_bootstrap(&self) -> String {
+        self.nodes.iter().map(|n| n.kafka.clone()).collect::<Vec<_>>().join(",")
     }
 
     pub fn client(&self) -> Client {

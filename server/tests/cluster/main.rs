@@ -4,5 +4,6 @@ mod admin;
 mod bad_input;
 mod failover;
 mod harness;
+mod kafka;
 mod membership;
 mod quorum;

@@ -1,0 +1,195 @@
+//! The Kafka façade driven by real Kafka clients (librdkafka through confluent-kafka, kafka-python
+//! and kcat) against real node processes, plus raw frames a client would never send.
+//!
+//! The Python clients come from the venv `tests/run.sh` creates (`.venv/` at the repo root, or
+//! `ROBUSTMQ_PYTHON`); the scripts they run are in `tests/kafka/`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::TestCluster;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn python() -> PathBuf {
+    let python =
+        std::env::var_os("ROBUSTMQ_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    assert!(python.exists(), "{} is missing: run tests/run.sh once to create the venv", python.display());
+    python
+}
+
+fn script(name: &str) -> Command {
+    let mut command = Command::new(python());
+    command.arg(repo_root().join("tests/kafka").join(name));
+    command
+}
+
+/// Runs a command to its end; panics with its output unless it succeeded.
+fn run(mut command: Command, what: &str) -> String {
+    let output = command.output().unwrap_or_else(|error| panic!("cannot run {what}: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{what} failed ({}):\n{stdout}\n{stderr}", output.status);
+    stdout
+}
+
+async fn kafka_cluster(size: u64) -> TestCluster {
+    let cluster = TestCluster::start(size);
+    cluster.wait_ready().await;
+    // Every node registers its Kafka endpoint once it is a member; wait for all of them.
+    let client = cluster.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = client.cluster_status().await.unwrap();
+        if status.nodes.len() == size as usize && status.nodes.iter().all(|n| n.endpoints.contains_key("kafka")) {
+            return cluster;
+        }
+        assert!(Instant::now() < deadline, "kafka endpoints never registered: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_kafka_clients_round_trip_every_codec_on_three_nodes() {
+    let cluster = kafka_cluster(3).await;
+    let bootstrap = cluster.kafka_bootstrap();
+    for client in ["confluent", "kafka-python"] {
+        let mut command = script("roundtrip.py");
+        command.args([client, bootstrap.as_str(), &format!("roundtrip-{client}"), "3", "3"]);
+        let out = run(command, &format!("roundtrip.py {client}"));
+        assert!(out.starts_with("ok:"), "{out}");
+    }
+    // kcat: one record per codec, then everything back with keys.
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let mut kcat = Command::new("kcat");
+        kcat.args(["-b", &bootstrap, "-P", "-t", "kcat", "-z", codec, "-K", ":"]).stdin(Stdio::piped());
+        let mut child = kcat.spawn().expect("kcat is installed by tests/run.sh");
+        child.stdin.take().unwrap().write_all(format!("{codec}:value-{codec}\n").as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "kcat produce with {codec}");
+    }
+    let mut consume = Command::new("kcat");
+    consume.args(["-b", &bootstrap, "-C", "-t", "kcat", "-o", "beginning", "-e", "-f", "%o %k %s\\n"]);
+    let out = run(consume, "kcat consume");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["0 none value-none", "1 gzip value-gzip", "2 snappy value-snappy", "3 lz4 value-lz4", "4 zstd value-zstd"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_producer_follows_a_killed_leader_and_loses_nothing_acknowledged() {
+    let mut cluster = kafka_cluster(3).await;
+    let bootstrap = cluster.kafka_bootstrap();
+    let ready = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    std::fs::remove_file(&ready).ok();
+    let mut command = script("failover.py");
+    command.args([bootstrap.as_str(), "failover", "8"]).arg(&ready).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut producer = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the producer never got going");
+        if let Some(status) = producer.try_wait().unwrap() {
+            let mut err = String::new();
+            producer.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            panic!("failover.py ended early ({status}): {err}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let topic = cluster.client().describe_topic("failover").await.unwrap();
+    let leader = topic.partitions[0].leader.expect("partition 0 has a leader");
+    cluster.kill(leader);
+    let output = producer.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("missing 0"), "{stdout}");
+    cluster.restart(leader);
+}
+
+/// A frame of `body` with the 4-byte size prefix.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// A request header v1: api key, version, correlation id, null client id.
+fn header(api_key: i16, version: i16, correlation_id: i32) -> Vec<u8> {
+    let mut header = Vec::new();
+    header.extend_from_slice(&api_key.to_be_bytes());
+    header.extend_from_slice(&version.to_be_bytes());
+    header.extend_from_slice(&correlation_id.to_be_bytes());
+    header.extend_from_slice(&(-1i16).to_be_bytes());
+    header
+}
+
+/// Reads one response frame; `None` if the broker closed the connection.
+fn response(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+fn connect(address: &str) -> TcpStream {
+    let stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+/// ApiVersions v0 answers with error 0 and correlation id 1.
+fn assert_api_versions_answered(address: &str) {
+    let mut stream = connect(address);
+    stream.write_all(&frame(&header(18, 0, 1))).unwrap();
+    let body = response(&mut stream).expect("an ApiVersions answer");
+    assert_eq!(&body[0..4], &1i32.to_be_bytes());
+    assert_eq!(&body[4..6], &0i16.to_be_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_only_their_own_connection() {
+    let cluster = kafka_cluster(1).await;
+    let address = cluster.node(1).kafka.clone();
+    let bystander = {
+        let mut stream = connect(&address);
+        stream.write_all(&frame(&header(18, 0, 1))).unwrap();
+        response(&mut stream).unwrap();
+        stream
+    };
+
+    // A too-new ApiVersions gets UNSUPPORTED_VERSION (35) and our version table, in a v0 body.
+    let mut stream = connect(&address);
+    stream.write_all(&frame(&header(18, 99, 5))).unwrap();
+    let body = response(&mut stream).expect("an answer to a too-new ApiVersions");
+    assert_eq!(&body[0..4], &5i32.to_be_bytes());
+    assert_eq!(&body[4..6], &35i16.to_be_bytes());
+    assert!(i32::from_be_bytes(body[6..10].try_into().unwrap()) >= 5, "the table lists our APIs");
+
+    let mut huge_array = header(3, 0, 2);
+    huge_array.extend_from_slice(&0x7fff_ffffi32.to_be_bytes());
+    let garbage: Vec<(&str, Vec<u8>)> = vec![
+        ("a negative frame size", (-5i32).to_be_bytes().to_vec()),
+        ("a frame larger than allowed", (200i32 << 20).to_be_bytes().to_vec()),
+        ("an unknown API key", frame(&header(999, 0, 1))),
+        ("an unsupported Fetch version", frame(&header(1, 99, 1))),
+        ("a Metadata request claiming 2^31 topics", frame(&huge_array)),
+        ("a truncated Produce body", frame(&[header(0, 9, 1), vec![0, 1]].concat())),
+    ];
+    for (what, bytes) in garbage {
+        let mut stream = connect(&address);
+        stream.write_all(&bytes).unwrap();
+        assert!(response(&mut stream).is_none(), "{what}: the connection should be closed");
+        assert_api_versions_answered(&address);
+    }
+    // The connection opened before all that still works.
+    let mut bystander = bystander;
+    bystander.write_all(&frame(&header(18, 0, 9))).unwrap();
+    assert_eq!(&response(&mut bystander).unwrap()[0..4], &9i32.to_be_bytes());
+}
