@@ -348,6 +348,7 @@ struct Node {
     dir: PathBuf,
     grpc: String,
     admin: String,
+    kafka: String,
     child: Option<Child>,
     starts: u32,
 }
@@ -376,6 +377,7 @@ impl LocalCluster {
                 dir: root.join(format!("node{id}")),
                 grpc: format!("127.0.0.1:{}", free_port()?),
                 admin: format!("127.0.0.1:{}", free_port()?),
+                kafka: format!("127.0.0.1:{}", free_port()?),
                 child: None,
                 starts: 0,
             });
@@ -407,7 +409,7 @@ impl LocalCluster {
         command
             .args(["serve", "--node-id", &id.to_string(), "--data-dir"])
             .arg(&node.dir)
-            .args(["--grpc-listen", &node.grpc, "--admin-listen", &node.admin])
+            .args(["--grpc-listen", &node.grpc, "--admin-listen", &node.admin, "--kafka-listen", &node.kafka])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
