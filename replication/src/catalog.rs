@@ -46,6 +46,20 @@ pub struct TopicConfig {
     pub max_message_bytes: Option<u32>,
 }
 
+impl From<&TopicConfig> for proto::v1::TopicConfig {
+    /// The native API's form of the settings.
+    fn from(config: &TopicConfig) -> Self {
+        proto::v1::TopicConfig {
+            retention_ms: config.retention_ms,
+            retention_bytes: config.retention_bytes,
+            segment_bytes: config.segment_bytes,
+            compacted: config.compacted,
+            min_insync_replicas: config.min_insync_replicas,
+            max_message_bytes: config.max_message_bytes,
+        }
+    }
+}
+
 /// One partition and where it lives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionInfo {

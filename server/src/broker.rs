@@ -154,23 +154,12 @@ fn status(error: Error) -> Status {
     }
 }
 
-fn topic_config(config: &replication::TopicConfig) -> TopicConfig {
-    TopicConfig {
-        retention_ms: config.retention_ms,
-        retention_bytes: config.retention_bytes,
-        segment_bytes: config.segment_bytes,
-        compacted: config.compacted,
-        min_insync_replicas: config.min_insync_replicas,
-        max_message_bytes: config.max_message_bytes,
-    }
-}
-
 /// A topic as this node knows it: placement from the catalog, leader and offsets where it
 /// holds a replica.
 pub fn describe(cluster: &Cluster, topic: &TopicInfo) -> TopicDescription {
     TopicDescription {
         name: topic.name.clone(),
-        config: Some(topic_config(&topic.config)),
+        config: Some((&topic.config).into()),
         replication_factor: topic.replication_factor,
         partitions: topic
             .partitions

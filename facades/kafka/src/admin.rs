@@ -122,7 +122,7 @@ pub(crate) async fn create(
         Err(replication::Error::NotLeader { .. }) => {
             let created = broker
                 .admin
-                .create_topic_with_config(name, partitions, replication_factor, native_config(&config))
+                .create_topic_with_config(name, partitions, replication_factor, (&config).into())
                 .await
                 .map_err(|error| client_error(&error))?;
             Ok((created.partitions.len() as u32, created.replication_factor))
@@ -203,17 +203,6 @@ pub(crate) fn topic_config(pairs: impl Iterator<Item = (String, Option<String>)>
         }
     }
     Ok(config)
-}
-
-fn native_config(config: &TopicConfig) -> client::TopicConfig {
-    client::TopicConfig {
-        retention_ms: config.retention_ms,
-        retention_bytes: config.retention_bytes,
-        segment_bytes: config.segment_bytes,
-        compacted: config.compacted,
-        min_insync_replicas: config.min_insync_replicas,
-        max_message_bytes: config.max_message_bytes,
-    }
 }
 
 #[cfg(test)]

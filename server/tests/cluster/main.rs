@@ -5,5 +5,6 @@ mod bad_input;
 mod failover;
 mod harness;
 mod kafka;
+mod kafka_versions;
 mod membership;
 mod quorum;
