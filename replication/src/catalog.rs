@@ -60,6 +60,20 @@ impl From<&TopicConfig> for proto::v1::TopicConfig {
     }
 }
 
+impl From<&proto::v1::TopicConfig> for TopicConfig {
+    /// The settings as the native API sends them.
+    fn from(config: &proto::v1::TopicConfig) -> Self {
+        TopicConfig {
+            retention_ms: config.retention_ms,
+            retention_bytes: config.retention_bytes,
+            segment_bytes: config.segment_bytes,
+            compacted: config.compacted,
+            min_insync_replicas: config.min_insync_replicas,
+            max_message_bytes: config.max_message_bytes,
+        }
+    }
+}
+
 /// One partition and where it lives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionInfo {

@@ -101,9 +101,9 @@ impl Cluster {
         self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// One topic of the catalog, without copying the rest.
-    pub fn topic(&self, name: &str) -> Option<TopicInfo> {
-        self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).topics.get(name).cloned()
+    /// Reads the catalog in place (no copy), for callers that need a little of it often.
+    pub fn with_catalog<R>(&self, read: impl FnOnce(&Catalog) -> R) -> R {
+        read(&self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The metadata group's leader as this node knows it.

@@ -191,15 +191,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let was_forwarded = forwarded(&request);
         let message = request.into_inner();
-        let config = message.config.unwrap_or_default();
-        let config = replication::TopicConfig {
-            retention_ms: config.retention_ms,
-            retention_bytes: config.retention_bytes,
-            segment_bytes: config.segment_bytes,
-            compacted: config.compacted,
-            min_insync_replicas: config.min_insync_replicas,
-            max_message_bytes: config.max_message_bytes,
-        };
+        let config: replication::TopicConfig = message.config.as_ref().map(Into::into).unwrap_or_default();
         match self.cluster.create_topic(&message.name, message.partitions, message.replication_factor, config).await {
             Ok(topic) => Ok(Response::new(CreateTopicResponse { topic: Some(describe(&self.cluster, &topic)) })),
             Err(error) => {

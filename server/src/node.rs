@@ -115,12 +115,14 @@ async fn register_endpoints(cluster: Cluster, own_address: String, endpoints: Ha
     let wanted: BTreeMap<String, String> = endpoints.clone().into_iter().collect();
     let client = client::Client::new(vec![own_address]);
     loop {
-        let registered = cluster.catalog().nodes.get(&cluster.node_id()).map(|node| node.endpoints.clone());
+        let registered = cluster
+            .with_catalog(|c| c.nodes.get(&cluster.node_id()).map(|node| (node.removed, node.endpoints == wanted)));
         match registered {
-            Some(current) if current == wanted => {}
+            // Registered already, or removed from the cluster (nothing to register any more).
+            Some((true, _)) | Some((false, true)) => {}
             // Not (yet) a member: a joining node waits for `cluster add-node`.
             None => {}
-            Some(_) => match client.set_endpoints(cluster.node_id().0, endpoints.clone()).await {
+            Some((false, false)) => match client.set_endpoints(cluster.node_id().0, endpoints.clone()).await {
                 Ok(()) => info!(?wanted, "registered protocol endpoints"),
                 Err(error) => warn!(%error, "cannot register protocol endpoints yet"),
             },

@@ -48,6 +48,9 @@ pub(crate) async fn create_topics(broker: &Broker, request: &mut Request) -> Rep
             let pairs = topic.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())));
             let config = topic_config(pairs).map_err(|message| (ResponseError::InvalidConfig, message))?;
             if body.validate_only {
+                if broker.cluster.with_catalog(|c| c.topics.contains_key(&name)) {
+                    return Err((ResponseError::TopicAlreadyExists, format!("topic {name:?} already exists")));
+                }
                 return Ok((partitions, replication_factor));
             }
             match tokio::time::timeout(timeout, create(broker, &name, partitions, replication_factor, config)).await {

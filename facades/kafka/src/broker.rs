@@ -128,5 +128,5 @@ pub(crate) fn host_and_port(address: &str) -> Option<(String, i32)> {
     Some((host.trim_start_matches('[').trim_end_matches(']').to_string(), port as i32))
 }
 
-/// This node's Kafka address as other nodes' Metadata answers show it.
+/// The catalog's endpoint name for a node's Kafka address (`NodeInfo::endpoints`).
 pub const ENDPOINT: &str = "kafka";

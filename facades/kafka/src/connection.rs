@@ -45,7 +45,7 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    /// Decodes the body as `T`; trailing bytes are tolerated, as Kafka does for newer clients.
+    /// Decodes the body as `T` (bytes after it are ignored).
     pub fn decode<T: Decodable>(&mut self) -> Result<T, Malformed> {
         T::decode(&mut self.body, self.version)
             .map_err(|error| Malformed::new(format!("cannot decode {:?} v{}: {error}", self.api_key, self.version)))
@@ -126,7 +126,7 @@ async fn read_requests(
             tokio::spawn(async move { crate::broker::handle(&broker, request).await })
         };
         if pending.send(Pending { correlation_id, header_version, reply }).await.is_err() {
-            return Err("the response writer stopped".into());
+            return Ok(()); // the writer closed the connection and said why
         }
     }
 }

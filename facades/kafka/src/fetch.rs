@@ -64,7 +64,8 @@ pub(crate) async fn handle(broker: &Broker, request: &mut Request) -> Reply {
     let min_bytes = body.min_bytes.max(0) as usize;
     loop {
         let (bytes, failed) = read_all(broker, &body, &mut slots, &mut responses, max_bytes, version);
-        if bytes >= min_bytes.max(1) || failed || tokio::time::Instant::now() >= deadline {
+        // min_bytes 0 answers at once, as Kafka does; otherwise wait for that much data.
+        if bytes >= min_bytes || failed || tokio::time::Instant::now() >= deadline {
             break;
         }
         wait_for_data(&slots, deadline).await;

@@ -53,27 +53,26 @@ pub(crate) fn start(broker: &Arc<Broker>, mut request: Request) -> Pin<Box<dyn F
     let mut started = Vec::new();
     for (t, topic) in body.topic_data.into_iter().enumerate() {
         let name = topic.name.0.to_string();
-        let topic_info = broker.cluster.topic(&name);
+        // Only acks=all looks at min.insync.replicas; read it without copying the catalog.
+        let min_insync = if acks == -1 {
+            broker.cluster.with_catalog(|c| c.topics.get(&name).and_then(|t| t.config.min_insync_replicas)).unwrap_or(1)
+        } else {
+            1
+        };
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for (p, partition) in topic.partition_data.into_iter().enumerate() {
             partitions.push(PartitionProduceResponse::default().with_index(partition.index));
             let outcome = if !matches!(acks, -1..=1) {
                 Started::Refused(ResponseError::InvalidRequiredAcks, format!("acks {acks}"))
             } else if body.transactional_id.is_some() {
-                Started::Refused(
-                    ResponseError::TransactionalIdAuthorizationFailed,
-                    "transactions are not supported yet".into(),
-                )
+                Started::Refused(ResponseError::InvalidRequest, "transactions are not supported yet".into())
             } else {
-                let in_sync = |info: &replication::PartitionInfo| broker.in_sync_replicas(&name, info).len();
-                let min_insync = topic_info.as_ref().and_then(|t| t.config.min_insync_replicas).unwrap_or(1);
-                let info = topic_info.as_ref().and_then(|t| t.partitions.get(partition.index.max(0) as usize));
-                match info {
-                    Some(info) if acks == -1 && min_insync > 1 && in_sync(info) < min_insync as usize => {
-                        let why = format!("{} in-sync replicas, min.insync.replicas is {min_insync}", in_sync(info));
+                match in_sync_shortfall(broker, &name, partition.index, min_insync) {
+                    Some(in_sync) => {
+                        let why = format!("{in_sync} in-sync replicas, min.insync.replicas is {min_insync}");
                         Started::Refused(ResponseError::NotEnoughReplicas, why)
                     }
-                    _ => propose(broker, &name, partition.index, partition.records),
+                    None => propose(broker, &name, partition.index, partition.records),
                 }
             };
             started.push((t, p, outcome));
@@ -122,6 +121,17 @@ pub(crate) fn start(broker: &Arc<Broker>, mut request: Request) -> Pin<Box<dyn F
         }
         encode(&ProduceResponse::default().with_responses(responses), version)
     })
+}
+
+/// The in-sync replica count when it is below `min_insync` (always enough when that is 1).
+fn in_sync_shortfall(broker: &Broker, topic: &str, partition: i32, min_insync: u32) -> Option<usize> {
+    if min_insync <= 1 {
+        return None;
+    }
+    let info =
+        broker.cluster.with_catalog(|c| c.topics.get(topic)?.partitions.get(partition.max(0) as usize).cloned())?;
+    let in_sync = broker.in_sync_replicas(topic, &info).len();
+    (in_sync < min_insync as usize).then_some(in_sync)
 }
 
 /// Checks one partition's data and proposes it.

@@ -28,6 +28,22 @@ pub struct TestCluster {
     _root: tempfile::TempDir,
 }
 
+impl Node {
+    /// A node not started yet, with data under `root` and free loopback ports.
+    fn new(id: u64, root: &Path, join: bool) -> Node {
+        Node {
+            id,
+            dir: root.join(format!("node{id}")),
+            grpc: format!("127.0.0.1:{}", free_port()),
+            admin: format!("127.0.0.1:{}", free_port()),
+            kafka: format!("127.0.0.1:{}", free_port()),
+            child: None,
+            starts: 0,
+            join,
+        }
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -40,18 +56,7 @@ impl TestCluster {
     /// A cluster whose nodes get `extra_config` (TOML) in their config file.
     pub fn start_with(size: u64, extra_config: &str) -> TestCluster {
         let root = tempfile::tempdir().unwrap();
-        let nodes: Vec<Node> = (1..=size)
-            .map(|id| Node {
-                id,
-                dir: root.path().join(format!("node{id}")),
-                grpc: format!("127.0.0.1:{}", free_port()),
-                admin: format!("127.0.0.1:{}", free_port()),
-                kafka: format!("127.0.0.1:{}", free_port()),
-                child: None,
-                starts: 0,
-                join: false,
-            })
-            .collect();
+        let nodes: Vec<Node> = (1..=size).map(|id| Node::new(id, root.path(), false)).collect();
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
         let mut cluster = TestCluster { nodes, peers, extra_config: extra_config.to_string(), _root: root };
         for id in 1..=size {
@@ -69,16 +74,7 @@ impl TestCluster {
     pub fn start_joining_node(&mut self) -> u64 {
         let id = self.nodes.len() as u64 + 1;
         let root = self.nodes[0].dir.parent().unwrap().to_path_buf();
-        self.nodes.push(Node {
-            id,
-            dir: root.join(format!("node{id}")),
-            grpc: format!("127.0.0.1:{}", free_port()),
-            admin: format!("127.0.0.1:{}", free_port()),
-            kafka: format!("127.0.0.1:{}", free_port()),
-            child: None,
-            starts: 0,
-            join: true,
-        });
+        self.nodes.push(Node::new(id, &root, true));
         self.restart(id);
         id
     }

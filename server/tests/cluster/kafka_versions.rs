@@ -170,4 +170,30 @@ async fn every_advertised_version_of_every_api_is_answered() {
         }
     }
     assert!(answered >= 40, "only {answered} API versions were tried");
+
+    // At the end of the log, min_bytes 0 answers at once (the read times out after 20 s,
+    // before the 30 s wait would end); min_bytes 1 waits out max_wait_ms and answers empty.
+    for (min_bytes, max_wait_ms) in [(0, 30_000), (1, 200)] {
+        let partition =
+            FetchPartition::default().with_partition(0).with_fetch_offset(produced).with_partition_max_bytes(1 << 20);
+        let topic = FetchTopic::default().with_topic(name(TOPIC)).with_partitions(vec![partition]);
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_min_bytes(min_bytes)
+            .with_max_wait_ms(max_wait_ms)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![topic]);
+        let r: FetchResponse = decode(call(&mut stream, ApiKey::Fetch, 12, 900, &request), ApiKey::Fetch, 12);
+        let partition = &r.responses[0].partitions[0];
+        assert_eq!(partition.error_code, 0);
+        assert!(partition.records.as_ref().is_none_or(|r| r.is_empty()), "min_bytes {min_bytes}: nothing to return");
+    }
+
+    // validate_only reports an existing topic as Kafka does.
+    let topic = CreatableTopic::default().with_name(name(TOPIC)).with_num_partitions(1).with_replication_factor(1);
+    let request =
+        CreateTopicsRequest::default().with_timeout_ms(10_000).with_validate_only(true).with_topics(vec![topic]);
+    let r: CreateTopicsResponse =
+        decode(call(&mut stream, ApiKey::CreateTopics, 7, 901, &request), ApiKey::CreateTopics, 7);
+    assert_eq!(r.topics[0].error_code, 36, "TOPIC_ALREADY_EXISTS");
 }
