@@ -69,6 +69,8 @@ pub struct PartitionStatus {
     pub leader_epoch: u64,
     /// The group's voters as this replica last applied them.
     pub voters: Vec<NodeId>,
+    /// The first Raft index this replica keeps since it last trimmed its Raft log; 0 before.
+    pub raft_first_index: u64,
     /// First readable offset.
     pub log_start_offset: Offset,
     /// Next offset after the last committed record.
@@ -125,6 +127,7 @@ impl Cluster {
             leader: handle.leader(),
             leader_epoch: handle.leader_term.load(Ordering::Acquire),
             voters,
+            raft_first_index: handle.raft_first_index.load(Ordering::Acquire),
             log_start_offset: handle.reader.log_start_offset(),
             high_watermark,
         })

@@ -33,6 +33,8 @@ pub(crate) struct PartitionHandle {
     pub leader: AtomicU64,
     /// The Raft term in which `leader` was learnt (Kafka's leader epoch).
     pub leader_term: AtomicU64,
+    /// The first Raft index this replica's log keeps since it last trimmed it; 0 before that.
+    pub raft_first_index: AtomicU64,
     /// Next offset after the last applied (committed) batch: the high watermark.
     pub high_watermark: watch::Sender<u64>,
     /// Rules a batch must pass before it is proposed.
@@ -122,6 +124,7 @@ impl PartitionReplica {
             reader: log.reader(),
             leader: AtomicU64::new(0),
             leader_term: AtomicU64::new(0),
+            raft_first_index: AtomicU64::new(0),
             high_watermark: watch::Sender::new(log.next_offset().0),
             validation,
             batch_bytes_max,

@@ -525,9 +525,13 @@ impl Store {
                         let last = group.raw.raft.raft_log.last_index();
                         let keep_from =
                             flushed.applied_index.min(last.saturating_sub(self.config.log_retained_entries));
-                        if let Err(error) = group.raw.mut_store().compact(&mut batch, keep_from) {
-                            warn!(group = id, %error, "trimming the Raft log failed");
-                        }
+                        match group.raw.mut_store().compact(&mut batch, keep_from) {
+                            Ok(()) => replica.handle.raft_first_index.fetch_max(keep_from, Ordering::Release),
+                            Err(error) => {
+                                warn!(group = id, %error, "trimming the Raft log failed");
+                                0
+                            }
+                        };
                     }
                     Ok(None) => {}
                     Err(error) => {

@@ -173,6 +173,7 @@ pub fn describe(cluster: &Cluster, topic: &TopicInfo) -> TopicDescription {
                     leader: status.as_ref().and_then(|s| s.leader).map(|n| n.0),
                     log_start_offset: status.as_ref().map_or(0, |s| s.log_start_offset.0),
                     high_watermark: status.as_ref().map_or(0, |s| s.high_watermark.0),
+                    raft_first_index: status.as_ref().map_or(0, |s| s.raft_first_index),
                     voters: cluster
                         .partition_voters(&topic.name, p.partition)
                         .map(|voters| voters.iter().map(|n| n.0).collect())

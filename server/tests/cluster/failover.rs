@@ -116,13 +116,28 @@ async fn a_node_behind_the_compacted_raft_log_catches_up_from_a_snapshot() {
     let client = cluster.client();
     client.create_topic("snap", 1, 3).await.unwrap();
     let mut produced = 0u64;
-    produce_numbered(&client, &mut produced, 30).await;
+    // One Raft entry per produced batch: the victim will hold about this many entries.
+    let victim_entries = 30;
+    produce_numbered(&client, &mut produced, victim_entries as usize).await;
     let leader = client.describe_topic("snap").await.unwrap().partitions[0].leader.unwrap();
     let victim = (1..=3).find(|id| *id != leader).unwrap();
     cluster.kill(victim);
     produce_numbered(&client, &mut produced, 200).await;
-    // Let the survivors flush and trim their Raft logs past what the victim has.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until both survivors have trimmed their Raft logs well past what the victim holds
+    // (one entry per produce, plus a few for elections and conf changes).
+    let mut trimmed = false;
+    for _ in 0..400 {
+        let mut firsts = Vec::new();
+        for id in (1..=3).filter(|id| *id != victim) {
+            firsts.push(cluster.client_of(id).describe_topic("snap").await.unwrap().partitions[0].raft_first_index);
+        }
+        if firsts.iter().all(|first| *first > victim_entries + 20) {
+            trimmed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(trimmed, "the survivors never trimmed their Raft logs past node {victim}'s end ({victim_entries} entries)");
     cluster.restart(victim);
     let restarted = cluster.client_of(victim);
     let mut caught_up = false;
