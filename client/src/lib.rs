@@ -22,8 +22,8 @@ use bytes::Bytes;
 use log_store::batch::{BatchBuilder, Compression, NewRecord, Record};
 use proto::v1::broker_client::BrokerClient;
 use proto::v1::{
-    AddNodeRequest, ClusterStatusRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest,
-    ListTopicsRequest, ProduceRequest, RemoveNodeRequest, SetEndpointsRequest,
+    AddNodeRequest, AllocateProducerIdsRequest, ClusterStatusRequest, CreateTopicRequest, DeleteTopicRequest,
+    DescribeTopicRequest, FetchRequest, ListTopicsRequest, ProduceRequest, RemoveNodeRequest, SetEndpointsRequest,
 };
 pub use proto::v1::{ClusterStatusResponse, FetchResponse, TopicConfig, TopicDescription};
 use tonic::transport::{Channel, Endpoint};
@@ -222,6 +222,12 @@ impl Client {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Reserves `count` Kafka producer ids cluster-wide; returns the first of the block.
+    pub async fn allocate_producer_ids(&self, count: u32) -> Result<i64, Error> {
+        let request = AllocateProducerIdsRequest { count };
+        self.call(|mut c| async move { c.allocate_producer_ids(request).await }).await.map(|r| r.first)
     }
 
     /// Removes a node: its replicas move to other nodes.

@@ -14,6 +14,9 @@ use crate::ids::{GroupId, NodeId, FIRST_PARTITION_GROUP};
 /// Largest partition count of one topic.
 pub(crate) const PARTITIONS_MAX: u32 = 10_000;
 
+/// Largest block of producer ids handed out at once.
+pub(crate) const PRODUCER_ID_BLOCK_MAX: u32 = 1_000_000;
+
 /// A node of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -130,6 +133,10 @@ pub(crate) enum Command {
         id: NodeId,
         endpoints: BTreeMap<String, String>,
     },
+    /// Hands out a block of producer ids (Kafka's idempotent and transactional producers).
+    AllocateProducerIds {
+        count: u32,
+    },
 }
 
 /// What applying a command changed, for the store loop to act on.
@@ -140,6 +147,10 @@ pub(crate) enum Change {
     TopicDeleted(TopicInfo),
     NodeAdded(NodeInfo),
     EndpointsSet,
+    /// Producer ids `first..first + count` are now owned by whoever asked.
+    ProducerIdsAllocated {
+        first: i64,
+    },
     /// A node was removed; these partitions got a new replica in its place.
     NodeRemoved {
         id: NodeId,
@@ -159,6 +170,9 @@ pub struct Catalog {
     /// The cluster's id (Kafka's `cluster.id`), fixed at bootstrap.
     #[serde(default)]
     pub cluster_id: String,
+    /// The first producer id not handed out yet.
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 impl Catalog {
@@ -169,6 +183,7 @@ impl Catalog {
             topics: BTreeMap::new(),
             next_group: FIRST_PARTITION_GROUP,
             cluster_id: String::new(),
+            next_producer_id: 0,
         }
     }
 
@@ -213,6 +228,14 @@ impl Catalog {
                     .ok_or_else(|| Error::InvalidRequest(format!("node {id} is not an active member")))?;
                 node.endpoints = endpoints.clone();
                 Ok(Change::EndpointsSet)
+            }
+            Command::AllocateProducerIds { count } => {
+                if *count == 0 || *count > PRODUCER_ID_BLOCK_MAX {
+                    return Err(Error::InvalidRequest(format!("producer id blocks hold 1..={PRODUCER_ID_BLOCK_MAX}")));
+                }
+                let first = self.next_producer_id;
+                self.next_producer_id += *count as i64;
+                Ok(Change::ProducerIdsAllocated { first })
             }
             Command::CreateTopic { name, partitions, replication_factor, config } => {
                 validate_topic_name(name)?;
@@ -410,6 +433,23 @@ mod tests {
         assert!(catalog.apply(&Command::SetEndpoints { id: NodeId(9), endpoints: endpoints.clone() }).is_err());
         catalog.apply(&Command::RemoveNode { id: NodeId(3) }).unwrap();
         assert!(catalog.apply(&Command::SetEndpoints { id: NodeId(3), endpoints }).is_err());
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut catalog = catalog(1);
+        let Change::ProducerIdsAllocated { first: a } =
+            catalog.apply(&Command::AllocateProducerIds { count: 1000 }).unwrap()
+        else {
+            panic!()
+        };
+        let Change::ProducerIdsAllocated { first: b } =
+            catalog.apply(&Command::AllocateProducerIds { count: 10 }).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((a, b, catalog.next_producer_id), (0, 1000, 1010));
+        assert!(catalog.apply(&Command::AllocateProducerIds { count: 0 }).is_err());
     }
 
     #[test]

@@ -252,6 +252,14 @@ impl Cluster {
         self.propose_metadata(Command::SetEndpoints { id, endpoints }).await.map(|_| ())
     }
 
+    /// Hands out `count` producer ids no one else gets; returns the first.
+    pub async fn allocate_producer_ids(&self, count: u32) -> Result<i64> {
+        match self.propose_metadata(Command::AllocateProducerIds { count }).await? {
+            Applied::ProducerIds(first) => Ok(first),
+            other => Err(Error::Engine(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
     /// Removes a node: its replicas are reassigned at once and the groups' leaders move them
     /// with joint-consensus conf changes; then it leaves the metadata group.
     pub async fn remove_node(&self, id: NodeId) -> Result<()> {

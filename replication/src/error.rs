@@ -37,6 +37,26 @@ pub enum Error {
     /// The request is malformed or asks for something impossible.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// An idempotent producer's batch does not follow its previous one (a gap in sequences).
+    #[error("producer {producer_id}: sequence {got} where {expected} was expected")]
+    OutOfOrderSequence {
+        /// The producer id.
+        producer_id: i64,
+        /// The sequence the partition expected next.
+        expected: i32,
+        /// The batch's first sequence.
+        got: i32,
+    },
+    /// A batch from an older epoch of a producer id than the partition has seen (fenced).
+    #[error("producer {producer_id}: epoch {epoch} is older than the current {current}")]
+    InvalidProducerEpoch {
+        /// The producer id.
+        producer_id: i64,
+        /// The batch's epoch.
+        epoch: i16,
+        /// The newest epoch the partition has seen.
+        current: i16,
+    },
     /// The log refused the batch or the read (bad batch, offset out of range, corruption…).
     #[error(transparent)]
     Log(#[from] log_store::Error),

@@ -15,6 +15,7 @@
 //! * `engine_fs` — raft-engine's file system, recording what was fsynced (for crash tests).
 //! * `catalog` — the metadata state machine (topics, placement).
 //! * `partition` — a partition replica: its log, apply, durable apply state.
+//! * `producers` — idempotent-producer state of a partition (deduplication at apply).
 //! * `store` — the store loop that drives every group.
 //! * `transport` — node-to-node gRPC streams, bounded and reconnecting.
 //! * `cluster` — the handle the rest of the node uses.
@@ -28,6 +29,7 @@ mod engine_fs;
 mod error;
 mod ids;
 mod partition;
+mod producers;
 mod raft_storage;
 #[cfg(test)]
 mod simulation;

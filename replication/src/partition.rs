@@ -22,6 +22,7 @@ use crate::catalog::{PartitionInfo, TopicConfig};
 use crate::config::ReplicationConfig;
 use crate::error::{Error, Result};
 use crate::ids::{GroupId, NodeId};
+use crate::producers::{Decision, Producers};
 use crate::raft_storage::{ApplyState, GroupStorage};
 
 /// What the rest of the node may see of a local partition replica.
@@ -63,6 +64,8 @@ pub(crate) struct PartitionReplica {
     pub handle: Arc<PartitionHandle>,
     pub dir: PathBuf,
     log: Log,
+    /// Idempotent producers' recent batches, for deduplication at apply.
+    producers: Producers,
     flush_interval: Duration,
     last_flush: Instant,
     applied_since_flush: bool,
@@ -119,6 +122,7 @@ impl PartitionReplica {
                 0
             }
         };
+        let producers = Producers::load(&dir, &log.reader())?;
         let handle = Arc::new(PartitionHandle {
             group: info.group,
             reader: log.reader(),
@@ -134,6 +138,7 @@ impl PartitionReplica {
             handle,
             dir,
             log,
+            producers,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             last_flush: Instant::now(),
             applied_since_flush: false,
@@ -144,18 +149,26 @@ impl PartitionReplica {
         Ok((replica, applied))
     }
 
-    /// Appends a committed entry's batch; the leader epoch is the entry's term.
+    /// Appends a committed entry's batch; the leader epoch is the entry's term. A retried batch
+    /// of an idempotent producer is not appended again: its original offsets are returned.
     ///
     /// Returns `Ok(Err(..))` for a batch every replica refuses alike (deterministic, skipped) and
     /// `Err(..)` for a local failure (disk), which stops this replica.
     pub fn apply(&mut self, entry: &Entry) -> Result<Result<(Offset, Offset)>> {
         let mut data = entry.data.to_vec();
-        if data.len() < batch::HEADER_LEN {
-            return Ok(Err(Error::InvalidRequest("entry is not a record batch".into())));
+        let header = match batch::BatchHeader::parse(&data) {
+            Ok(header) => header,
+            Err(_) => return Ok(Err(Error::InvalidRequest("entry is not a record batch".into()))),
+        };
+        match self.producers.check(&header) {
+            Ok(Decision::Append) => {}
+            Ok(Decision::Duplicate(base, last)) => return Ok(Ok((base, last))),
+            Err(refused) => return Ok(Err(refused)),
         }
         batch::set_partition_leader_epoch(&mut data, entry.term as i32);
         match self.log.append(&mut data) {
             Ok(appended) => {
+                self.producers.record(&header, appended.base_offset, appended.last_offset);
                 self.applied_since_flush = true;
                 self.bytes_since_flush += data.len() as u64;
                 self.handle.high_watermark.send_replace(appended.last_offset.0 + 1);
@@ -208,6 +221,7 @@ impl PartitionReplica {
         batch: &mut LogBatch,
     ) -> Result<Option<ApplyState>> {
         let next_offset = self.log.flush()?.0;
+        self.producers.save(&self.dir, false);
         let state = ApplyState { applied_index, next_offset };
         storage.stage_apply_state(batch, state)?;
         self.applied_since_flush = false;
@@ -226,6 +240,7 @@ impl PartitionReplica {
             let stored = stored?;
             self.log.append_stored(&mut stored.bytes().to_vec())?;
         }
+        self.producers.scan(&self.handle.reader, self.log.next_offset().0)?;
         self.handle.high_watermark.send_replace(self.log.next_offset().0);
         Ok(self.log.next_offset().0)
     }
@@ -233,6 +248,7 @@ impl PartitionReplica {
     /// Restarts the log empty at `offset` (the snapshot source no longer has our end).
     pub fn reset(&mut self, offset: u64) -> Result<()> {
         self.log.reset(Offset(offset))?;
+        self.producers.reset(offset);
         self.handle.high_watermark.send_replace(offset);
         Ok(())
     }
@@ -246,6 +262,7 @@ impl PartitionReplica {
     /// Flushes everything (shutdown) and stages the apply state.
     pub fn flush_now(&mut self, applied_index: u64, storage: &GroupStorage, batch: &mut LogBatch) -> Result<()> {
         let next_offset = self.log.flush()?.0;
+        self.producers.save(&self.dir, true);
         storage.stage_apply_state(batch, ApplyState { applied_index, next_offset })
     }
 }

@@ -7,6 +7,9 @@
 //! `SIMULATION_SEED=<seed> cargo test -p replication simulation` replays it exactly;
 //! `SIMULATION_RUNS=<n>` runs that many seeds (three by default).
 //!
+//! Appends come from idempotent producers (one per partition) that also send some batches
+//! twice, as a client retrying would: deduplication at apply must decide alike on every replica.
+//!
 //! Checked all along: replicas of a partition never disagree on the record at an offset (each
 //! applied log is a prefix of the longest). Checked at the end, after healing: every
 //! acknowledged append is at its acknowledged offset on every replica, no record is applied
@@ -107,6 +110,10 @@ struct Simulation {
     proposals: Vec<(u32, String, oneshot::Receiver<Result<Applied>>)>,
     acknowledged: Vec<(u32, u64, String)>,
     next_value: u64,
+    /// Per partition: the idempotent producer's id and next sequence.
+    producers: BTreeMap<u32, (i64, i32)>,
+    /// Retried batches proposed.
+    retries: u64,
     crashes: u64,
     cuts: u64,
     _dir: tempfile::TempDir,
@@ -146,6 +153,8 @@ impl Simulation {
             proposals: Vec::new(),
             acknowledged: Vec::new(),
             next_value: 0,
+            producers: BTreeMap::new(),
+            retries: 0,
             crashes: 0,
             cuts: 0,
             _dir: dir,
@@ -263,14 +272,24 @@ impl Simulation {
         let Some(group) = self.partition_group(partition) else { return };
         self.next_value += 1;
         let value = format!("v{}", self.next_value);
-        let mut builder = BatchBuilder::new(Compression::None);
+        let (producer_id, sequence) = self.producers.entry(partition).or_insert((partition as i64 * 1_000_000, 0));
+        let mut builder = BatchBuilder::new(Compression::None).producer(*producer_id, 0, *sequence);
+        *sequence += 1;
         builder.push(&NewRecord {
             value: Some(value.clone().into()),
             timestamp: self.step as i64,
             ..NewRecord::default()
         });
-        if let Some(answer) = self.propose(group, builder.build().unwrap()) {
-            self.proposals.push((partition, value, answer));
+        let batch = builder.build().unwrap();
+        let retry = self.rng.chance(250).then(|| batch.clone());
+        if let Some(answer) = self.propose(group, batch) {
+            self.proposals.push((partition, value.clone(), answer));
+        }
+        if let Some(batch) = retry {
+            self.retries += 1;
+            if let Some(answer) = self.propose(group, batch) {
+                self.proposals.push((partition, value, answer));
+            }
         }
     }
 
@@ -279,7 +298,14 @@ impl Simulation {
         for (partition, value, mut answer) in std::mem::take(&mut self.proposals) {
             match answer.try_recv() {
                 Ok(Ok(Applied::Offsets(base, _))) => self.acknowledged.push((partition, base.0, value)),
-                Ok(_) | Err(oneshot::error::TryRecvError::Closed) => {}
+                // A lost batch leaves a gap in the producer's sequences: later ones are refused
+                // until it starts over as a new producer, as a client resets its producer id.
+                Ok(_) | Err(oneshot::error::TryRecvError::Closed) => {
+                    if let Some((producer_id, sequence)) = self.producers.get_mut(&partition) {
+                        *producer_id += 1;
+                        *sequence = 0;
+                    }
+                }
                 Err(oneshot::error::TryRecvError::Empty) => waiting.push((partition, value, answer)),
             }
         }
@@ -412,10 +438,11 @@ impl Simulation {
         let groups = NODES as usize * (PARTITIONS as usize + 1);
         assert_eq!(hibernating, groups, "seed {}: idle groups keep ticking", self.seed);
         eprintln!(
-            "seed {}: {} steps, {} appends proposed, {} acknowledged, {} crashes, {} network cuts",
+            "seed {}: {} steps, {} appends proposed ({} sent twice), {} acknowledged, {} crashes, {} network cuts",
             self.seed,
             self.step,
             self.next_value,
+            self.retries,
             self.acknowledged.len(),
             self.crashes,
             self.cuts
@@ -433,7 +460,12 @@ impl Simulation {
                 );
             }
             let distinct: BTreeSet<&String> = reference.iter().collect();
-            assert_eq!(distinct.len(), reference.len(), "seed {}: a record was applied twice", self.seed);
+            assert_eq!(
+                distinct.len(),
+                reference.len(),
+                "seed {}: a record was applied twice (a retry was not deduplicated)",
+                self.seed
+            );
             for (acked_partition, offset, value) in &self.acknowledged {
                 if *acked_partition == partition {
                     assert_eq!(

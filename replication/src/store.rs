@@ -54,6 +54,7 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) enum Applied {
     Offsets(Offset, Offset),
     Topic(TopicInfo),
+    ProducerIds(i64),
     Done,
 }
 
@@ -626,6 +627,7 @@ impl Store {
                         applied.map(|change| {
                             let answer = match &change {
                                 Change::TopicCreated(topic) => Applied::Topic(topic.clone()),
+                                Change::ProducerIdsAllocated { first } => Applied::ProducerIds(*first),
                                 _ => Applied::Done,
                             };
                             changes.push(change);
@@ -732,7 +734,7 @@ impl Store {
                     self.transport.add_peer(node.id.0, &node.address);
                 }
             }
-            Change::EndpointsSet => {}
+            Change::EndpointsSet | Change::ProducerIdsAllocated { .. } => {}
             Change::NodeAdded(node) => {
                 info!(node = node.id.0, address = %node.address, "node added to the cluster");
                 self.transport.add_peer(node.id.0, &node.address);

@@ -137,6 +137,9 @@ fn status(error: Error) -> Status {
         Error::UnknownTopic(_) | Error::UnknownPartition { .. } => Status::not_found(error.to_string()),
         Error::TopicExists(_) => Status::already_exists(error.to_string()),
         Error::InvalidRequest(_) => Status::invalid_argument(error.to_string()),
+        Error::OutOfOrderSequence { .. } | Error::InvalidProducerEpoch { .. } => {
+            Status::failed_precondition(error.to_string())
+        }
         Error::Overloaded => Status::resource_exhausted(error.to_string()),
         Error::Stopped | Error::NotReady => Status::unavailable(error.to_string()),
         Error::Engine(_) => Status::internal(error.to_string()),
@@ -340,6 +343,23 @@ impl Broker for BrokerService {
                     was_forwarded,
                     |mut peer| async move { peer.set_endpoints(marked(message)).await },
                 )
+                .await
+            }
+        }
+    }
+
+    async fn allocate_producer_ids(
+        &self,
+        request: Request<AllocateProducerIdsRequest>,
+    ) -> Result<Response<AllocateProducerIdsResponse>, Status> {
+        let was_forwarded = forwarded(&request);
+        let message = request.into_inner();
+        match self.cluster.allocate_producer_ids(message.count).await {
+            Ok(first) => Ok(Response::new(AllocateProducerIdsResponse { first })),
+            Err(error) => {
+                self.or_forward(error, was_forwarded, |mut peer| async move {
+                    peer.allocate_producer_ids(marked(message)).await
+                })
                 .await
             }
         }

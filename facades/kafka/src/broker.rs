@@ -19,6 +19,8 @@ pub(crate) struct Broker {
     /// Reaches the metadata leader (through this node, which forwards) for topic changes.
     pub admin: client::Client,
     pub config: KafkaConfig,
+    /// Producer ids this node may hand out without asking the metadata leader.
+    pub producer_ids: crate::init_producer_id::ProducerIdBlock,
 }
 
 /// Serves Kafka clients on `listener` until `stop` turns true.
@@ -32,7 +34,7 @@ pub async fn serve(
     config: KafkaConfig,
     mut stop: watch::Receiver<bool>,
 ) {
-    let broker = Arc::new(Broker { cluster, admin, config });
+    let broker = Arc::new(Broker { cluster, admin, config, producer_ids: Default::default() });
     let connection_stop = stop.clone();
     info!(listen = ?listener.local_addr().ok(), advertised = %broker.config.advertised_address, "kafka listener ready");
     loop {
@@ -70,6 +72,7 @@ pub(crate) async fn handle(broker: &Broker, mut request: Request) -> Reply {
         ApiKey::ListOffsets => crate::list_offsets::handle(broker, &mut request).await,
         ApiKey::CreateTopics => crate::admin::create_topics(broker, &mut request).await,
         ApiKey::DeleteTopics => crate::admin::delete_topics(broker, &mut request).await,
+        ApiKey::InitProducerId => crate::init_producer_id::handle(broker, &mut request).await,
         other => Err(Malformed::new(format!("{other:?} is not served"))),
     }
 }

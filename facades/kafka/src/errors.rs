@@ -15,6 +15,8 @@ pub(crate) fn partition_error(error: &Error) -> ResponseError {
         Error::InvalidRequest(_) => ResponseError::InvalidRequest,
         Error::Engine(_) => ResponseError::KafkaStorageError,
         Error::Log(error) => log_error(error),
+        Error::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        Error::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
     }
 }
 

@@ -12,6 +12,7 @@ mod config;
 mod connection;
 mod errors;
 mod fetch;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod produce;

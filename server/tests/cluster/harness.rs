@@ -156,6 +156,16 @@ impl TestCluster {
         panic!("the cluster never elected a metadata leader");
     }
 
+    /// Waits until node `id` answers on its native API (its signal handlers are installed by then).
+    pub async fn wait_serving(&self, id: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = self.client_of(id).with_retry_deadline(Duration::from_secs(1));
+        while client.cluster_status().await.is_err() {
+            assert!(Instant::now() < deadline, "node {id} never started serving");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// What a node wrote to stderr over all its starts.
     pub fn node_log(&self, id: u64) -> String {
         let node = self.node(id);

@@ -108,7 +108,8 @@ async fn a_kafka_producer_follows_a_killed_leader_and_loses_nothing_acknowledged
     let output = producer.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("missing 0"), "{stdout}");
+    assert!(stdout.contains("missing 0") && stdout.contains("duplicates 0"), "{stdout}");
+    eprintln!("failover.py: {stdout}");
     cluster.restart(leader);
 }
 

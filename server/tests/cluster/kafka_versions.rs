@@ -5,11 +5,9 @@
 //! version only. Real clients each use one version per API, so this walks them all with
 //! requests encoded by the `kafka-protocol` crate.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -17,49 +15,12 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use log_store::batch::{BatchBuilder, Compression, NewRecord};
+use kafka_protocol::protocol::StrBytes;
 
 use crate::harness::TestCluster;
+use crate::kafka_wire::{batch, call, decode, idempotent_batch, name};
 
 const TOPIC: &str = "versions";
-
-fn name(text: &str) -> TopicName {
-    TopicName(StrBytes::from_string(text.to_string()))
-}
-
-/// Sends one request and returns the decoded response body's bytes after the header.
-fn call<T: Encodable>(stream: &mut TcpStream, api_key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Bytes {
-    let header = RequestHeader::default()
-        .with_request_api_key(api_key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("versions-test")));
-    let mut buf = BytesMut::new();
-    header.encode(&mut buf, api_key.request_header_version(version)).unwrap();
-    body.encode(&mut buf, version).unwrap_or_else(|e| panic!("encoding {api_key:?} v{version}: {e}"));
-    let mut frame = (buf.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&buf);
-    stream.write_all(&frame).unwrap();
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).unwrap_or_else(|e| panic!("{api_key:?} v{version}: no answer ({e})"));
-    let mut response = vec![0u8; i32::from_be_bytes(size) as usize];
-    stream.read_exact(&mut response).unwrap();
-    let mut response = Bytes::from(response);
-    let header = ResponseHeader::decode(&mut response, api_key.response_header_version(version)).unwrap();
-    assert_eq!(header.correlation_id, correlation_id, "{api_key:?} v{version}");
-    response
-}
-
-fn decode<T: Decodable>(mut body: Bytes, api_key: ApiKey, version: i16) -> T {
-    T::decode(&mut body, version).unwrap_or_else(|e| panic!("decoding the {api_key:?} v{version} answer: {e}"))
-}
-
-fn batch() -> Bytes {
-    let mut builder = BatchBuilder::new(Compression::None);
-    builder.push(&NewRecord { key: None, value: Some(Bytes::from_static(b"v")), headers: Vec::new(), timestamp: 1 });
-    Bytes::from(builder.build().unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_advertised_version_of_every_api_is_answered() {
@@ -84,6 +45,7 @@ async fn every_advertised_version_of_every_api_is_answered() {
     let mut correlation_id = 10;
     let mut produced = 0i64;
     let mut answered = 0;
+    let mut producer_ids = Vec::new();
     for advertised in &versions.api_keys {
         let api_key = ApiKey::try_from(advertised.api_key).unwrap();
         for version in advertised.min_version..=advertised.max_version {
@@ -164,6 +126,15 @@ async fn every_advertised_version_of_every_api_is_answered() {
                     let r: DeleteTopicsResponse = decode(call(s, api_key, version, id, &request), api_key, version);
                     assert_eq!(r.responses[0].error_code, 0, "v{version}");
                 }
+                ApiKey::InitProducerId => {
+                    let request = InitProducerIdRequest::default()
+                        .with_transactional_id(None)
+                        .with_transaction_timeout_ms(60_000);
+                    let r: InitProducerIdResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!((r.error_code, r.producer_epoch), (0, 0), "v{version}");
+                    assert!(!producer_ids.contains(&r.producer_id.0), "v{version}: producer ids are never reused");
+                    producer_ids.push(r.producer_id.0);
+                }
                 other => panic!("{other:?} is advertised but this test does not know it"),
             }
             answered += 1;
@@ -188,6 +159,28 @@ async fn every_advertised_version_of_every_api_is_answered() {
         assert_eq!(partition.error_code, 0);
         assert!(partition.records.as_ref().is_none_or(|r| r.is_empty()), "min_bytes {min_bytes}: nothing to return");
     }
+
+    // An idempotent producer's retry gets the original offset and appends nothing; a gap in
+    // sequences is OUT_OF_ORDER_SEQUENCE_NUMBER.
+    let producer_id = *producer_ids.last().expect("InitProducerId is advertised");
+    let mut produce = |sequence: i32, correlation_id: i32| {
+        let data = PartitionProduceData::default().with_index(0).with_records(Some(idempotent_batch(
+            producer_id,
+            0,
+            sequence,
+        )));
+        let topic = TopicProduceData::default().with_name(name(TOPIC)).with_partition_data(vec![data]);
+        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(10_000).with_topic_data(vec![topic]);
+        let r: ProduceResponse =
+            decode(call(&mut stream, ApiKey::Produce, 11, correlation_id, &request), ApiKey::Produce, 11);
+        let partition = &r.responses[0].partition_responses[0];
+        (partition.error_code, partition.base_offset)
+    };
+    assert_eq!(produce(0, 800), (0, produced));
+    assert_eq!(produce(0, 801), (0, produced), "a retried batch keeps its offset");
+    assert_eq!(produce(1, 802), (0, produced + 1));
+    assert_eq!(produce(5, 803).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    assert_eq!(produce(2, 804), (0, produced + 2), "the gap appended nothing");
 
     // validate_only reports an existing topic as Kafka does.
     let topic = CreatableTopic::default().with_name(name(TOPIC)).with_num_partitions(1).with_replication_factor(1);

@@ -5,6 +5,8 @@ mod bad_input;
 mod failover;
 mod harness;
 mod kafka;
+mod kafka_idempotence;
 mod kafka_versions;
+mod kafka_wire;
 mod membership;
 mod quorum;
