@@ -69,6 +69,16 @@ pub struct KafkaSettings {
     pub default_replication_factor: u32,
     /// Largest request accepted, in bytes (`socket.request.max.bytes`).
     pub request_bytes_max: usize,
+    /// Partitions of `__consumer_offsets` when it is first created (`offsets.topic.num.partitions`).
+    pub offsets_topic_partitions: u32,
+    /// Replicas of `__consumer_offsets`; 0 = min(3, nodes).
+    pub offsets_topic_replication_factor: u32,
+    /// How long a new group's first rebalance waits for more members, in ms.
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Smallest session timeout a consumer may ask for, in ms.
+    pub group_min_session_timeout_ms: u64,
+    /// Largest session timeout a consumer may ask for, in ms.
+    pub group_max_session_timeout_ms: u64,
 }
 
 impl Default for KafkaSettings {
@@ -82,6 +92,11 @@ impl Default for KafkaSettings {
             default_partitions: defaults.default_partitions,
             default_replication_factor: defaults.default_replication_factor,
             request_bytes_max: defaults.request_bytes_max,
+            offsets_topic_partitions: defaults.offsets_topic_partitions,
+            offsets_topic_replication_factor: defaults.offsets_topic_replication_factor,
+            group_initial_rebalance_delay_ms: defaults.group_initial_rebalance_delay_ms,
+            group_min_session_timeout_ms: defaults.group_min_session_timeout_ms,
+            group_max_session_timeout_ms: defaults.group_max_session_timeout_ms,
         }
     }
 }
@@ -98,12 +113,23 @@ impl KafkaSettings {
         if self.default_partitions == 0 {
             bail!("kafka.default_partitions must be at least 1");
         }
+        if self.offsets_topic_partitions == 0 {
+            bail!("kafka.offsets_topic_partitions must be at least 1");
+        }
+        if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
+            bail!("kafka.group_min_session_timeout_ms is larger than kafka.group_max_session_timeout_ms");
+        }
         Ok(facade_kafka::KafkaConfig {
             advertised_address,
             auto_create_topics: self.auto_create_topics,
             default_partitions: self.default_partitions,
             default_replication_factor: self.default_replication_factor,
             request_bytes_max: self.request_bytes_max,
+            offsets_topic_partitions: self.offsets_topic_partitions,
+            offsets_topic_replication_factor: self.offsets_topic_replication_factor,
+            group_initial_rebalance_delay_ms: self.group_initial_rebalance_delay_ms,
+            group_min_session_timeout_ms: self.group_min_session_timeout_ms,
+            group_max_session_timeout_ms: self.group_max_session_timeout_ms,
             ..facade_kafka::KafkaConfig::default()
         })
     }

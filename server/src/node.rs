@@ -26,6 +26,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the node until a shutdown signal.
 pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    // Installed first: a SIGTERM that arrives while the node starts still stops it gracefully.
+    let shutdown = shutdown_signal()?;
     let replication = config.replication()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
@@ -94,7 +96,7 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     }
     let registration = tokio::spawn(register_endpoints(cluster.clone(), config.advertised()?, endpoints));
 
-    shutdown_signal().await?;
+    shutdown.await;
     registration.abort();
     info!("shutdown signal received: handing leadership over, then finishing in-flight requests");
     cluster.hand_off_leadership(HAND_OFF_TIMEOUT).await;
@@ -135,13 +137,15 @@ fn tokio_stream_listener(listener: TcpListener) -> tonic::transport::server::Tcp
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }

@@ -21,6 +21,8 @@ pub(crate) struct Broker {
     pub config: KafkaConfig,
     /// Producer ids this node may hand out without asking the metadata leader.
     pub producer_ids: crate::init_producer_id::ProducerIdBlock,
+    /// The consumer groups this node coordinates.
+    pub coordinator: crate::groups::Coordinator,
 }
 
 /// Serves Kafka clients on `listener` until `stop` turns true.
@@ -34,8 +36,10 @@ pub async fn serve(
     config: KafkaConfig,
     mut stop: watch::Receiver<bool>,
 ) {
-    let broker = Arc::new(Broker { cluster, admin, config, producer_ids: Default::default() });
+    let coordinator = crate::groups::Coordinator::new(config.group_settings());
+    let broker = Arc::new(Broker { cluster, admin, config, producer_ids: Default::default(), coordinator });
     let connection_stop = stop.clone();
+    tokio::spawn(crate::groups::run_timers(broker.clone(), stop.clone()));
     info!(listen = ?listener.local_addr().ok(), advertised = %broker.config.advertised_address, "kafka listener ready");
     loop {
         tokio::select! {
@@ -73,6 +77,16 @@ pub(crate) async fn handle(broker: &Broker, mut request: Request) -> Reply {
         ApiKey::CreateTopics => crate::admin::create_topics(broker, &mut request).await,
         ApiKey::DeleteTopics => crate::admin::delete_topics(broker, &mut request).await,
         ApiKey::InitProducerId => crate::init_producer_id::handle(broker, &mut request).await,
+        ApiKey::FindCoordinator => crate::find_coordinator::handle(broker, &mut request).await,
+        ApiKey::JoinGroup => crate::groups::membership::join_group(broker, &mut request).await,
+        ApiKey::SyncGroup => crate::groups::membership::sync_group(broker, &mut request).await,
+        ApiKey::Heartbeat => crate::groups::membership::heartbeat(broker, &mut request).await,
+        ApiKey::LeaveGroup => crate::groups::membership::leave_group(broker, &mut request).await,
+        ApiKey::DescribeGroups => crate::groups::membership::describe_groups(broker, &mut request).await,
+        ApiKey::ListGroups => crate::groups::membership::list_groups(broker, &mut request).await,
+        ApiKey::DeleteGroups => crate::groups::membership::delete_groups(broker, &mut request).await,
+        ApiKey::OffsetCommit => crate::groups::offsets::offset_commit(broker, &mut request).await,
+        ApiKey::OffsetFetch => crate::groups::offsets::offset_fetch(broker, &mut request).await,
         other => Err(Malformed::new(format!("{other:?} is not served"))),
     }
 }

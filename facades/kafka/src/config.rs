@@ -17,6 +17,28 @@ pub struct KafkaConfig {
     pub request_bytes_max: usize,
     /// Requests of one connection processed at once; responses still go out in request order.
     pub pipelined_requests_max: usize,
+    /// Partitions of `__consumer_offsets` when it is created (`offsets.topic.num.partitions`).
+    pub offsets_topic_partitions: u32,
+    /// Its replicas; 0 picks min(3, nodes) (`offsets.topic.replication.factor`).
+    pub offsets_topic_replication_factor: u32,
+    /// How long a new group's first join phase waits for more members
+    /// (`group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Bounds of the session timeout a member may ask for (`group.min/max.session.timeout.ms`).
+    pub group_min_session_timeout_ms: u64,
+    pub group_max_session_timeout_ms: u64,
+}
+
+impl KafkaConfig {
+    /// The group coordinator's settings.
+    pub(crate) fn group_settings(&self) -> crate::groups::group::GroupSettings {
+        use std::time::Duration;
+        crate::groups::group::GroupSettings {
+            initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
+            session_timeout_min: Duration::from_millis(self.group_min_session_timeout_ms),
+            session_timeout_max: Duration::from_millis(self.group_max_session_timeout_ms),
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -28,6 +50,11 @@ impl Default for KafkaConfig {
             default_replication_factor: 0,
             request_bytes_max: 100 * 1024 * 1024,
             pipelined_requests_max: 16,
+            offsets_topic_partitions: 10,
+            offsets_topic_replication_factor: 0,
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
         }
     }
 }

@@ -38,6 +38,8 @@ impl Malformed {
 
 /// A decoded request on its way to a handler.
 pub(crate) struct Request {
+    /// The client's address.
+    pub peer: SocketAddr,
     pub api_key: ApiKey,
     pub version: i16,
     pub header: RequestHeader,
@@ -86,7 +88,7 @@ impl Connection {
         let (pending_sender, pending) = mpsc::channel(broker.config.pipelined_requests_max.max(1));
         let writer = tokio::spawn(write_responses(writer, pending, peer));
         tokio::select! {
-            outcome = read_requests(reader, &broker, pending_sender) => {
+            outcome = read_requests(reader, &broker, pending_sender, peer) => {
                 if let Err(reason) = outcome {
                     info!(%peer, %reason, "closing kafka connection");
                 }
@@ -102,6 +104,7 @@ async fn read_requests(
     mut reader: OwnedReadHalf,
     broker: &Arc<Broker>,
     pending: mpsc::Sender<Pending>,
+    peer: SocketAddr,
 ) -> Result<(), String> {
     let limit = broker.config.request_bytes_max;
     loop {
@@ -116,7 +119,7 @@ async fn read_requests(
         let mut frame = BytesMut::zeroed(size as usize);
         reader.read_exact(&mut frame).await.map_err(|error| format!("read failed mid-frame: {error}"))?;
         let frame = frame.freeze();
-        let (request, header_version) = parse(frame)?;
+        let (request, header_version) = parse(frame, peer)?;
         let correlation_id = request.header.correlation_id;
         let reply = if request.api_key == ApiKey::Produce {
             // Proposed here, in request order; only the wait for the commit runs apart.
@@ -132,7 +135,7 @@ async fn read_requests(
 }
 
 /// Splits a frame into its header and body, checking the API key and version.
-fn parse(mut frame: Bytes) -> Result<(Request, i16), String> {
+fn parse(mut frame: Bytes, peer: SocketAddr) -> Result<(Request, i16), String> {
     let key = (&frame[0..2]).get_i16();
     let version = (&frame[2..4]).get_i16();
     let api_key = ApiKey::try_from(key).map_err(|()| format!("unknown API key {key}"))?;
@@ -144,7 +147,7 @@ fn parse(mut frame: Bytes) -> Result<(Request, i16), String> {
             .with_request_api_key(key)
             .with_request_api_version(version)
             .with_correlation_id(correlation_id);
-        return Ok((Request { api_key, version, header, body: Bytes::new() }, 0));
+        return Ok((Request { peer, api_key, version, header, body: Bytes::new() }, 0));
     }
     if !versions::is_supported(api_key, version) {
         return Err(format!("unsupported version {version} of {api_key:?}"));
@@ -152,7 +155,7 @@ fn parse(mut frame: Bytes) -> Result<(Request, i16), String> {
     let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
         .map_err(|error| format!("undecodable request header: {error}"))?;
     let header_version = api_key.response_header_version(version);
-    Ok((Request { api_key, version, header, body: frame }, header_version))
+    Ok((Request { peer, api_key, version, header, body: frame }, header_version))
 }
 
 /// Writes responses in request order until the reader is done and every handler answered.

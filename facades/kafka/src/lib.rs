@@ -12,6 +12,8 @@ mod config;
 mod connection;
 mod errors;
 mod fetch;
+mod find_coordinator;
+mod groups;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;

@@ -100,11 +100,16 @@ impl TestCluster {
             config.push_str(&format!("[[peers]]\nid = {peer_id}\naddress = {address:?}\n"));
         }
         config.push_str(&extra_config);
-        config.push_str(&format!("\n[kafka]\nlisten = {:?}\n", node.kafka));
         let config_path = node.dir.with_extension("toml");
         std::fs::write(&config_path, config).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_robustmq"));
-        command.args(["serve", "--config"]).arg(&config_path).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
+        command
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .args(["--kafka-listen", &node.kafka])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
         node.child = Some(command.spawn().unwrap());
     }
 

@@ -113,6 +113,35 @@ async fn a_kafka_producer_follows_a_killed_leader_and_loses_nothing_acknowledged
     cluster.restart(leader);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_groups_rebalance_around_killed_members_and_offsets_survive_coordinator_failover() {
+    let mut cluster = kafka_cluster(3).await;
+    let bootstrap = cluster.kafka_bootstrap();
+    let mut coordinator = 0;
+    for (topic, group, strategy, kind) in
+        [("groups-a", "group-a", "cooperative-sticky", "dynamic"), ("groups-b", "group-b", "roundrobin", "static")]
+    {
+        let mut command = script("groups.py");
+        command.args(["run", &bootstrap, topic, group, strategy, kind]);
+        let output = run(command, &format!("groups.py run {strategy} {kind}"));
+        eprintln!("groups.py: {output}");
+        if group == "group-a" {
+            let line = output.lines().find(|l| l.starts_with("coordinator ")).expect("the coordinator is printed");
+            coordinator = line["coordinator ".len()..].trim().parse().unwrap();
+        }
+    }
+    // The committed offsets of group-a outlive its coordinator: the next leader of the offsets
+    // partition loads them from the log.
+    cluster.kill(coordinator);
+    let mut command = script("groups.py");
+    command.args(["committed", &bootstrap, "groups-a", "group-a"]);
+    run(command, "groups.py committed after the coordinator was killed");
+    cluster.restart(coordinator);
+    let mut command = script("groups.py");
+    command.args(["admin", &bootstrap, "groups-a", "group-a"]);
+    run(command, "groups.py admin");
+}
+
 /// A frame of `body` with the 4-byte size prefix.
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut frame = (body.len() as i32).to_be_bytes().to_vec();

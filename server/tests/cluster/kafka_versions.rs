@@ -5,15 +5,22 @@
 //! version only. Real clients each use one version per API, so this walks them all with
 //! requests encoded by the `kafka-protocol` crate.
 
+use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
@@ -22,9 +29,28 @@ use crate::kafka_wire::{batch, call, decode, idempotent_batch, name};
 
 const TOPIC: &str = "versions";
 
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_string())
+}
+
+/// Calls `ask` until the coordinator is ready (the offsets topic is created on first use and its
+/// partitions load on first request); returns its last (error code, value).
+fn retry_coordinator(mut ask: impl FnMut() -> (i16, i32)) -> (i16, i32) {
+    const RETRIABLE: [i16; 3] = [14, 15, 16]; // load in progress, not available, not coordinator
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = ask();
+        if !RETRIABLE.contains(&answer.0) || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_advertised_version_of_every_api_is_answered() {
-    let cluster = TestCluster::start(1);
+    // No initial rebalance delay: every JoinGroup version completes at once.
+    let cluster = TestCluster::start_with(1, "[kafka]\ngroup_initial_rebalance_delay_ms = 0\n");
     cluster.wait_ready().await;
     let client = cluster.client();
     client.create_topic(TOPIC, 1, 1).await.unwrap();
@@ -46,6 +72,8 @@ async fn every_advertised_version_of_every_api_is_answered() {
     let mut produced = 0i64;
     let mut answered = 0;
     let mut producer_ids = Vec::new();
+    // JoinGroup version → (member id, generation) of the one member of group "join-v{version}".
+    let mut joined: BTreeMap<i16, (StrBytes, i32)> = BTreeMap::new();
     for advertised in &versions.api_keys {
         let api_key = ApiKey::try_from(advertised.api_key).unwrap();
         for version in advertised.min_version..=advertised.max_version {
@@ -134,6 +162,152 @@ async fn every_advertised_version_of_every_api_is_answered() {
                     assert_eq!((r.error_code, r.producer_epoch), (0, 0), "v{version}");
                     assert!(!producer_ids.contains(&r.producer_id.0), "v{version}: producer ids are never reused");
                     producer_ids.push(r.producer_id.0);
+                }
+                ApiKey::FindCoordinator => {
+                    // The first ask creates __consumer_offsets; retry until its leaders exist.
+                    let key = text(&format!("find-v{version}"));
+                    let request = if version >= 4 {
+                        FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
+                    } else {
+                        FindCoordinatorRequest::default().with_key(key)
+                    };
+                    let found = retry_coordinator(|| {
+                        let r: FindCoordinatorResponse =
+                            decode(call(s, api_key, version, id, &request), api_key, version);
+                        let (code, node) = match r.coordinators.first() {
+                            Some(c) => (c.error_code, c.node_id.0),
+                            None => (r.error_code, r.node_id.0),
+                        };
+                        (code, node)
+                    });
+                    assert_eq!(found, (0, 1), "v{version}");
+                }
+                ApiKey::JoinGroup => {
+                    let protocol = JoinGroupRequestProtocol::default()
+                        .with_name(text("range"))
+                        .with_metadata(Bytes::from_static(b"subscription"));
+                    let mut request = JoinGroupRequest::default()
+                        .with_group_id(GroupId(text(&format!("join-v{version}"))))
+                        .with_session_timeout_ms(10_000)
+                        .with_protocol_type(text("consumer"))
+                        .with_protocols(vec![protocol]);
+                    if version >= 1 {
+                        request.rebalance_timeout_ms = 10_000;
+                    }
+                    let mut r: JoinGroupResponse = JoinGroupResponse::default();
+                    retry_coordinator(|| {
+                        r = decode(call(s, api_key, version, id, &request), api_key, version);
+                        (r.error_code, 0)
+                    });
+                    if version >= 4 {
+                        assert_eq!(r.error_code, 79, "v{version}: MEMBER_ID_REQUIRED first");
+                        request.member_id = r.member_id.clone();
+                        r = decode(call(s, api_key, version, id, &request), api_key, version);
+                    }
+                    assert_eq!((r.error_code, r.generation_id), (0, 1), "v{version}");
+                    assert_eq!(r.leader, r.member_id, "v{version}: the only member leads");
+                    assert_eq!(r.members.len(), 1, "v{version}");
+                    assert_eq!(r.protocol_name.as_deref(), Some("range"), "v{version}");
+                    joined.insert(version, (r.member_id, r.generation_id));
+                }
+                ApiKey::SyncGroup => {
+                    let (member, generation) = joined[&version].clone();
+                    let assignment = SyncGroupRequestAssignment::default()
+                        .with_member_id(member.clone())
+                        .with_assignment(Bytes::from_static(b"A"));
+                    let mut request = SyncGroupRequest::default()
+                        .with_group_id(GroupId(text(&format!("join-v{version}"))))
+                        .with_generation_id(generation)
+                        .with_member_id(member)
+                        .with_assignments(vec![assignment]);
+                    if version >= 5 {
+                        request.protocol_type = Some(text("consumer"));
+                        request.protocol_name = Some(text("range"));
+                    }
+                    let r: SyncGroupResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!((r.error_code, r.assignment.as_ref()), (0, &b"A"[..]), "v{version}");
+                }
+                ApiKey::Heartbeat => {
+                    let (member, generation) = joined[&version].clone();
+                    let request = HeartbeatRequest::default()
+                        .with_group_id(GroupId(text(&format!("join-v{version}"))))
+                        .with_generation_id(generation)
+                        .with_member_id(member);
+                    let r: HeartbeatResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!(r.error_code, 0, "v{version}");
+                }
+                ApiKey::LeaveGroup => {
+                    let (member, _) = joined[&version].clone();
+                    let request =
+                        LeaveGroupRequest::default().with_group_id(GroupId(text(&format!("join-v{version}"))));
+                    let request = if version >= 3 {
+                        request.with_members(vec![MemberIdentity::default().with_member_id(member)])
+                    } else {
+                        request.with_member_id(member)
+                    };
+                    let r: LeaveGroupResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    if version >= 3 {
+                        assert_eq!(r.members[0].error_code, 0, "v{version}");
+                    }
+                }
+                ApiKey::OffsetCommit => {
+                    let partition = OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(version as i64)
+                        .with_committed_metadata(Some(text("meta")));
+                    let topic =
+                        OffsetCommitRequestTopic::default().with_name(name(TOPIC)).with_partitions(vec![partition]);
+                    let request = OffsetCommitRequest::default()
+                        .with_group_id(GroupId(text(&format!("commit-v{version}"))))
+                        .with_generation_id_or_member_epoch(-1)
+                        .with_topics(vec![topic]);
+                    let mut code = -1;
+                    retry_coordinator(|| {
+                        let r: OffsetCommitResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                        code = r.topics[0].partitions[0].error_code;
+                        (code, 0)
+                    });
+                    assert_eq!(code, 0, "v{version}");
+                }
+                ApiKey::OffsetFetch => {
+                    // Reads what OffsetCommit v(version + 1) wrote (commit versions are 2..=9).
+                    let group = GroupId(text(&format!("commit-v{}", version + 1)));
+                    let (offset, metadata) = if version >= 8 {
+                        let group = OffsetFetchRequestGroup::default().with_group_id(group).with_topics(None);
+                        let request = OffsetFetchRequest::default().with_groups(vec![group]);
+                        let r: OffsetFetchResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                        assert_eq!(r.groups[0].error_code, 0);
+                        let p = &r.groups[0].topics[0].partitions[0];
+                        (p.committed_offset, p.metadata.clone())
+                    } else {
+                        let topic =
+                            OffsetFetchRequestTopic::default().with_name(name(TOPIC)).with_partition_indexes(vec![0]);
+                        let request = OffsetFetchRequest::default().with_group_id(group).with_topics(Some(vec![topic]));
+                        let r: OffsetFetchResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                        assert_eq!((r.error_code, r.topics[0].partitions[0].error_code), (0, 0), "v{version}");
+                        let p = &r.topics[0].partitions[0];
+                        (p.committed_offset, p.metadata.clone())
+                    };
+                    assert_eq!((offset, metadata.as_deref()), (version as i64 + 1, Some("meta")), "v{version}");
+                }
+                ApiKey::DescribeGroups => {
+                    let request = DescribeGroupsRequest::default().with_groups(vec![GroupId(text("join-v0"))]);
+                    let r: DescribeGroupsResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    let group = &r.groups[0];
+                    assert_eq!((group.error_code, group.group_state.as_str()), (0, "Empty"), "v{version}");
+                }
+                ApiKey::ListGroups => {
+                    let r: ListGroupsResponse =
+                        decode(call(s, api_key, version, id, &ListGroupsRequest::default()), api_key, version);
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    assert!(r.groups.iter().any(|g| g.group_id.as_str() == "join-v0"), "v{version}");
+                }
+                ApiKey::DeleteGroups => {
+                    let request = DeleteGroupsRequest::default()
+                        .with_groups_names(vec![GroupId(text(&format!("commit-v{}", version + 2)))]);
+                    let r: DeleteGroupsResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!(r.results[0].error_code, 0, "v{version}");
                 }
                 other => panic!("{other:?} is advertised but this test does not know it"),
             }
