@@ -4,7 +4,7 @@
 //! Each node listens for Kafka clients (9092 by default) and answers as broker `node id`. Record
 //! batches pass through verbatim: a produced batch becomes one Raft entry and is stored byte for
 //! byte, its base offset stamped at apply; a fetch returns the stored batches. Frames are decoded
-//! with the `kafka-protocol` crate; see `docs/compat-kafka.md` for what is and is not supported.
+//! with the `kafka-protocol` crate; see `docs/kafka.md` for what is and is not supported.
 
 mod admin;
 mod broker;

@@ -150,6 +150,14 @@ fn propose(broker: &Broker, topic: &str, partition: i32, records: Option<Bytes>)
             "exactly one record batch per partition is accepted".into(),
         );
     }
+    if let Ok(header) = log_store::batch::BatchHeader::parse(&records) {
+        if header.is_control() {
+            return Started::Refused(ResponseError::InvalidRecord, "clients may not write control batches".into());
+        }
+        if header.is_transactional() {
+            return Started::Refused(ResponseError::InvalidRequest, "transactions are not supported yet".into());
+        }
+    }
     match broker.cluster.start_append(topic, index, records.to_vec()) {
         Ok(commit) => Started::Proposed(Box::pin(commit)),
         Err(error) => Started::Refused(partition_error(&error), error.to_string()),
