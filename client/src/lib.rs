@@ -22,8 +22,9 @@ use bytes::Bytes;
 use log_store::batch::{BatchBuilder, Compression, NewRecord, Record};
 use proto::v1::broker_client::BrokerClient;
 use proto::v1::{
-    AddNodeRequest, AllocateProducerIdsRequest, ClusterStatusRequest, CreateTopicRequest, DeleteTopicRequest,
-    DescribeTopicRequest, FetchRequest, ListTopicsRequest, ProduceRequest, RemoveNodeRequest, SetEndpointsRequest,
+    AddNodeRequest, AddPartitionsRequest, AllocateProducerIdsRequest, AlterTopicConfigRequest, ClusterStatusRequest,
+    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest, ListTopicsRequest, ProduceRequest,
+    RemoveNodeRequest, SetEndpointsRequest,
 };
 pub use proto::v1::{ClusterStatusResponse, FetchResponse, TopicConfig, TopicDescription};
 use tonic::transport::{Channel, Endpoint};
@@ -94,6 +95,29 @@ impl Client {
         replication_factor: u32,
     ) -> Result<TopicDescription, Error> {
         self.create_topic_with_config(name, partitions, replication_factor, TopicConfig::default()).await
+    }
+
+    /// Grows a topic to `count` partitions.
+    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<TopicDescription, Error> {
+        let request = AddPartitionsRequest { name: name.into(), count };
+        let response = self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.add_partitions(r).await }
+            })
+            .await?;
+        Ok(response.topic.unwrap_or_default())
+    }
+
+    /// Replaces a topic's settings.
+    pub async fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<(), Error> {
+        let request = AlterTopicConfigRequest { name: name.into(), config: Some(config) };
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.alter_topic_config(r).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Creates a topic with settings.

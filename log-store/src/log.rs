@@ -116,9 +116,15 @@ impl Log {
         &self.dir
     }
 
-    /// The configuration the log was opened with.
+    /// The settings in force.
     pub fn config(&self) -> &LogConfig {
         &self.config
+    }
+
+    /// Replaces the settings (a topic's config changed while it is open). They apply from the
+    /// next append, roll, retention or compaction run; nothing already written is rewritten.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
     }
 
     /// First offset still readable.

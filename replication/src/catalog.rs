@@ -133,6 +133,16 @@ pub(crate) enum Command {
         id: NodeId,
         endpoints: BTreeMap<String, String>,
     },
+    /// Grows a topic to `count` partitions (Kafka's CreatePartitions).
+    AddPartitions {
+        name: String,
+        count: u32,
+    },
+    /// Replaces a topic's settings.
+    AlterTopicConfig {
+        name: String,
+        config: TopicConfig,
+    },
     /// Hands out a block of producer ids (Kafka's idempotent and transactional producers).
     AllocateProducerIds {
         count: u32,
@@ -145,6 +155,10 @@ pub(crate) enum Change {
     Bootstrapped,
     TopicCreated(TopicInfo),
     TopicDeleted(TopicInfo),
+    /// The topic grew; its new partitions' replicas are to be created.
+    PartitionsAdded(TopicInfo),
+    /// The topic's settings changed; local replicas adopt them.
+    TopicConfigChanged(TopicInfo),
     NodeAdded(NodeInfo),
     EndpointsSet,
     /// Producer ids `first..first + count` are now owned by whoever asked.
@@ -276,11 +290,53 @@ impl Catalog {
                 self.topics.insert(name.clone(), topic.clone());
                 Ok(Change::TopicCreated(topic))
             }
+            Command::AddPartitions { name, count } => self.add_partitions(name, *count),
+            Command::AlterTopicConfig { name, config } => {
+                let topic = self.topics.get_mut(name).ok_or_else(|| Error::UnknownTopic(name.clone()))?;
+                topic.config = config.clone();
+                Ok(Change::TopicConfigChanged(topic.clone()))
+            }
             Command::DeleteTopic { name } => {
                 let topic = self.topics.remove(name).ok_or_else(|| Error::UnknownTopic(name.clone()))?;
                 Ok(Change::TopicDeleted(topic))
             }
         }
+    }
+
+    /// New partitions for a topic, placed like a new topic's (spread from the next group on).
+    fn add_partitions(&mut self, name: &str, count: u32) -> Result<Change> {
+        let nodes = self.active_nodes();
+        let topic = self.topics.get(name).ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
+        let existing = topic.partitions.len() as u32;
+        if count <= existing {
+            return Err(Error::InvalidRequest(format!(
+                "topic {name:?} has {existing} partitions: the new count must be larger, got {count}"
+            )));
+        }
+        if count > PARTITIONS_MAX {
+            return Err(Error::InvalidRequest(format!("partitions must be 1..={PARTITIONS_MAX}")));
+        }
+        if topic.replication_factor as usize > nodes.len() {
+            return Err(Error::InvalidRequest(format!(
+                "replication factor {} is larger than the {} active nodes",
+                topic.replication_factor,
+                nodes.len()
+            )));
+        }
+        let start = (self.next_group - FIRST_PARTITION_GROUP) as usize;
+        let added: Vec<PartitionInfo> = (existing..count)
+            .enumerate()
+            .map(|(i, partition)| {
+                let first = (start + i) % nodes.len();
+                let replicas =
+                    (0..topic.replication_factor as usize).map(|r| nodes[(first + r) % nodes.len()]).collect();
+                PartitionInfo { partition, group: GroupId(self.next_group + i as u64), replicas }
+            })
+            .collect();
+        self.next_group += added.len() as u64;
+        let topic = self.topics.get_mut(name).expect("checked above");
+        topic.partitions.extend(added);
+        Ok(Change::PartitionsAdded(topic.clone()))
     }
 
     /// Marks a node removed and gives each of its replicas to the least-loaded active node that
@@ -433,6 +489,27 @@ mod tests {
         assert!(catalog.apply(&Command::SetEndpoints { id: NodeId(9), endpoints: endpoints.clone() }).is_err());
         catalog.apply(&Command::RemoveNode { id: NodeId(3) }).unwrap();
         assert!(catalog.apply(&Command::SetEndpoints { id: NodeId(3), endpoints }).is_err());
+    }
+
+    #[test]
+    fn added_partitions_get_new_groups_and_spread_replicas() {
+        let mut catalog = catalog(3);
+        catalog.apply(&create("t", 2, 2)).unwrap();
+        let before = catalog.topics["t"].partitions.clone();
+        let Change::PartitionsAdded(topic) =
+            catalog.apply(&Command::AddPartitions { name: "t".into(), count: 5 }).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(&topic.partitions[..2], &before[..], "existing partitions are untouched");
+        let groups: std::collections::BTreeSet<_> = topic.partitions.iter().map(|p| p.group).collect();
+        assert_eq!(groups.len(), 5, "every partition has its own group");
+        assert!(topic.partitions.iter().all(|p| p.replicas.len() == 2));
+        assert!(catalog.apply(&Command::AddPartitions { name: "t".into(), count: 5 }).is_err(), "must grow");
+        assert!(catalog.apply(&Command::AddPartitions { name: "zz".into(), count: 5 }).is_err());
+        let config = TopicConfig { retention_ms: Some(5), ..TopicConfig::default() };
+        catalog.apply(&Command::AlterTopicConfig { name: "t".into(), config: config.clone() }).unwrap();
+        assert_eq!(catalog.topics["t"].config, config);
     }
 
     #[test]

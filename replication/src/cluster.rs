@@ -33,6 +33,16 @@ pub(crate) struct Shared {
     pub stopped: AtomicBool,
     /// Entries each follower is behind, for groups this node leads: (group, follower) → lag.
     pub follower_lag: RwLock<BTreeMap<(GroupId, NodeId), u64>>,
+    pub topic_defaults: TopicDefaults,
+}
+
+/// What a topic gets for the settings its config leaves unset (this node's configuration).
+#[derive(Clone, Copy, Debug)]
+pub struct TopicDefaults {
+    /// Segment size of partition logs.
+    pub segment_bytes: u64,
+    /// Largest record batch accepted.
+    pub batch_bytes_max: usize,
 }
 
 impl Shared {
@@ -86,6 +96,11 @@ pub struct Cluster {
 impl Cluster {
     pub(crate) fn new(shared: Arc<Shared>) -> Cluster {
         Cluster { shared }
+    }
+
+    /// The settings a topic gets where its config is silent.
+    pub fn topic_defaults(&self) -> TopicDefaults {
+        self.shared.topic_defaults
     }
 
     /// This node's id.
@@ -161,13 +176,11 @@ impl Cluster {
         batch_bytes: Vec<u8>,
     ) -> Result<impl std::future::Future<Output = Result<(Offset, Offset)>> + Send + 'static> {
         let handle = self.leading(topic, partition)?;
-        if batch_bytes.len() > handle.batch_bytes_max {
-            return Err(Error::Log(log_store::Error::BatchTooLarge {
-                size: batch_bytes.len(),
-                max: handle.batch_bytes_max,
-            }));
+        let batch_bytes_max = handle.batch_bytes_max.load(std::sync::atomic::Ordering::Acquire);
+        if batch_bytes.len() > batch_bytes_max {
+            return Err(Error::Log(log_store::Error::BatchTooLarge { size: batch_bytes.len(), max: batch_bytes_max }));
         }
-        batch::validate(&batch_bytes, handle.validation)?;
+        batch::validate(&batch_bytes, handle.validation())?;
         let applied = self.start_proposal(handle.group, batch_bytes)?;
         Ok(async move {
             match applied.await? {
@@ -234,6 +247,19 @@ impl Cluster {
             Applied::Topic(topic) => Ok(topic),
             other => Err(Error::Engine(format!("unexpected apply result {other:?}"))),
         }
+    }
+
+    /// Grows a topic to `count` partitions; completes once the catalog records them.
+    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<TopicInfo> {
+        match self.propose_metadata(Command::AddPartitions { name: name.to_string(), count }).await? {
+            Applied::Topic(topic) => Ok(topic),
+            other => Err(Error::Engine(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    /// Replaces a topic's settings; every replica adopts them when it applies the change.
+    pub async fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<()> {
+        self.propose_metadata(Command::AlterTopicConfig { name: name.to_string(), config }).await.map(|_| ())
     }
 
     /// Deletes a topic and every replica of its partitions.

@@ -37,7 +37,7 @@ mod store;
 mod transport;
 
 pub use catalog::{Catalog, NodeInfo, PartitionInfo, TopicConfig, TopicInfo};
-pub use cluster::{Cluster, FetchResult, PartitionStatus};
+pub use cluster::{Cluster, FetchResult, PartitionStatus, TopicDefaults};
 pub use config::{PeerConfig, ReplicationConfig};
 pub use error::{Error, Result};
 pub use ids::{GroupId, NodeId, METADATA_GROUP};

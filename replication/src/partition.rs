@@ -7,7 +7,7 @@
 //! crash never leaves log data that the Raft log cannot account for.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,9 +38,13 @@ pub(crate) struct PartitionHandle {
     pub raft_first_index: AtomicU64,
     /// Next offset after the last applied (committed) batch: the high watermark.
     pub high_watermark: watch::Sender<u64>,
-    /// Rules a batch must pass before it is proposed.
-    pub validation: Validation,
-    pub batch_bytes_max: usize,
+    /// Whether batches must carry keys (compacted topics); checked before proposing. Follows
+    /// topic config changes, like `batch_bytes_max`.
+    pub require_keys: AtomicBool,
+    /// Largest batch proposed (`max.message.bytes`).
+    pub batch_bytes_max: AtomicUsize,
+    /// Bound on decompressed batch sizes when validating.
+    pub decompressed_bytes_max: usize,
     /// The group's voters as this replica last applied them.
     pub voters: std::sync::RwLock<Vec<NodeId>>,
 }
@@ -51,12 +55,35 @@ impl PartitionHandle {
         *self.voters.write().unwrap_or_else(|p| p.into_inner()) = voters;
     }
 
+    /// The checks a batch must pass before it is proposed.
+    pub fn validation(&self) -> Validation {
+        Validation {
+            require_keys: self.require_keys.load(Ordering::Acquire),
+            decompressed_bytes_max: self.decompressed_bytes_max,
+        }
+    }
+
     pub fn leader(&self) -> Option<NodeId> {
         match self.leader.load(Ordering::Acquire) {
             0 => None,
             id => Some(NodeId(id)),
         }
     }
+}
+
+/// The log settings for a topic's config, and the largest batch producers may send.
+fn log_config(config: &ReplicationConfig, topic_config: &TopicConfig) -> (LogConfig, usize) {
+    let batch_bytes_max = topic_config.max_message_bytes.map_or(config.batch_bytes_max, |max| max as usize);
+    let log_config = LogConfig {
+        segment_bytes_max: topic_config.segment_bytes.unwrap_or(config.segment_bytes),
+        retention_ms: topic_config.retention_ms,
+        retention_bytes: topic_config.retention_bytes,
+        cleanup_policy: if topic_config.compacted { CleanupPolicy::Compact } else { CleanupPolicy::Delete },
+        // Batches already accepted must still apply if the limit was lowered since.
+        batch_bytes_max: batch_bytes_max.max(config.batch_bytes_max),
+        ..LogConfig::default()
+    };
+    (log_config, batch_bytes_max)
 }
 
 /// The replica as the store loop owns it.
@@ -86,19 +113,8 @@ impl PartitionReplica {
         storage: &GroupStorage,
     ) -> Result<(PartitionReplica, u64)> {
         let dir = config.data_dir.join("partitions").join(format!("{topic}-{}", info.partition));
-        let batch_bytes_max = topic_config.max_message_bytes.map_or(config.batch_bytes_max, |max| max as usize);
-        let log_config = LogConfig {
-            segment_bytes_max: topic_config.segment_bytes.unwrap_or(config.segment_bytes),
-            retention_ms: topic_config.retention_ms,
-            retention_bytes: topic_config.retention_bytes,
-            cleanup_policy: if topic_config.compacted { CleanupPolicy::Compact } else { CleanupPolicy::Delete },
-            batch_bytes_max: batch_bytes_max.max(config.batch_bytes_max),
-            ..LogConfig::default()
-        };
-        let validation = Validation {
-            require_keys: topic_config.compacted,
-            decompressed_bytes_max: log_config.decompressed_bytes_max,
-        };
+        let (log_config, batch_bytes_max) = log_config(config, topic_config);
+        let decompressed_bytes_max = log_config.decompressed_bytes_max;
         let mut log = Log::open(&dir, log_config)?;
         let applied = match storage.apply_state() {
             Some(state) => {
@@ -130,8 +146,9 @@ impl PartitionReplica {
             leader_term: AtomicU64::new(0),
             raft_first_index: AtomicU64::new(0),
             high_watermark: watch::Sender::new(log.next_offset().0),
-            validation,
-            batch_bytes_max,
+            require_keys: AtomicBool::new(topic_config.compacted),
+            batch_bytes_max: AtomicUsize::new(batch_bytes_max),
+            decompressed_bytes_max,
             voters: std::sync::RwLock::new(Vec::new()),
         });
         let replica = PartitionReplica {
@@ -147,6 +164,15 @@ impl PartitionReplica {
             segments_at_last_compaction: 1,
         };
         Ok((replica, applied))
+    }
+
+    /// Adopts changed topic settings: retention, segment size, cleanup policy and batch limit
+    /// apply from now on.
+    pub fn set_config(&mut self, config: &ReplicationConfig, topic_config: &TopicConfig) {
+        let (log_config, batch_bytes_max) = log_config(config, topic_config);
+        self.log.set_config(log_config);
+        self.handle.require_keys.store(topic_config.compacted, Ordering::Release);
+        self.handle.batch_bytes_max.store(batch_bytes_max, Ordering::Release);
     }
 
     /// Appends a committed entry's batch; the leader epoch is the entry's term. A retried batch

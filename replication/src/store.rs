@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::catalog::{Catalog, Change, Command, NodeInfo, TopicInfo};
-use crate::cluster::{Cluster, Shared};
+use crate::cluster::{Cluster, Shared, TopicDefaults};
 use crate::config::ReplicationConfig;
 use crate::error::{Error, Result};
 use crate::ids::{GroupId, NodeId, METADATA_GROUP};
@@ -220,6 +220,10 @@ impl Store {
             peers: config.peers.iter().map(|peer| (NodeId(peer.id), peer.address.clone())).collect(),
             stopped: AtomicBool::new(false),
             follower_lag: RwLock::new(BTreeMap::new()),
+            topic_defaults: TopicDefaults {
+                segment_bytes: config.segment_bytes,
+                batch_bytes_max: config.batch_bytes_max,
+            },
         });
         // A joining node starts outside the metadata group; the leader adds it (see `reconcile`).
         let voters: Vec<u64> = if config.join { Vec::new() } else { config.peers.iter().map(|peer| peer.id).collect() };
@@ -626,7 +630,9 @@ impl Store {
                         let applied = shared.catalog.write().unwrap_or_else(|p| p.into_inner()).apply(&command);
                         applied.map(|change| {
                             let answer = match &change {
-                                Change::TopicCreated(topic) => Applied::Topic(topic.clone()),
+                                Change::TopicCreated(topic) | Change::PartitionsAdded(topic) => {
+                                    Applied::Topic(topic.clone())
+                                }
                                 Change::ProducerIdsAllocated { first } => Applied::ProducerIds(*first),
                                 _ => Applied::Done,
                             };
@@ -754,7 +760,15 @@ impl Store {
                     }
                 }
             }
-            Change::TopicCreated(topic) => {
+            Change::TopicConfigChanged(topic) => {
+                for info in &topic.partitions {
+                    if let Some(Group { kind: Kind::Partition(replica), .. }) = self.groups.get_mut(&info.group.0) {
+                        replica.set_config(&self.config, &topic.config);
+                    }
+                }
+                info!(topic = %topic.name, config = ?topic.config, "topic settings changed");
+            }
+            Change::TopicCreated(topic) | Change::PartitionsAdded(topic) => {
                 for info in &topic.partitions {
                     if !info.replicas.contains(&me) || self.groups.contains_key(&info.group.0) {
                         continue;

@@ -209,6 +209,43 @@ impl Broker for BrokerService {
         }
     }
 
+    async fn add_partitions(
+        &self,
+        request: Request<AddPartitionsRequest>,
+    ) -> Result<Response<AddPartitionsResponse>, Status> {
+        let was_forwarded = forwarded(&request);
+        let message = request.into_inner();
+        match self.cluster.add_partitions(&message.name, message.count).await {
+            Ok(topic) => Ok(Response::new(AddPartitionsResponse { topic: Some(describe(&self.cluster, &topic)) })),
+            Err(error) => {
+                self.or_forward(
+                    error,
+                    was_forwarded,
+                    |mut peer| async move { peer.add_partitions(marked(message)).await },
+                )
+                .await
+            }
+        }
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<AlterTopicConfigRequest>,
+    ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        let was_forwarded = forwarded(&request);
+        let message = request.into_inner();
+        let config: replication::TopicConfig = message.config.as_ref().map(Into::into).unwrap_or_default();
+        match self.cluster.alter_topic_config(&message.name, config).await {
+            Ok(()) => Ok(Response::new(AlterTopicConfigResponse {})),
+            Err(error) => {
+                self.or_forward(error, was_forwarded, |mut peer| async move {
+                    peer.alter_topic_config(marked(message)).await
+                })
+                .await
+            }
+        }
+    }
+
     async fn delete_topic(
         &self,
         request: Request<DeleteTopicRequest>,

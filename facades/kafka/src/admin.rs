@@ -1,14 +1,16 @@
-//! CreateTopics and DeleteTopics, and the topic configs Kafka clients may set at creation.
+//! CreateTopics, DeleteTopics and CreatePartitions, and the topic configs Kafka clients may set.
 //!
 //! Topic changes go through the metadata group's leader: directly when this node leads it,
 //! otherwise through the native API, which forwards them there.
 
 use std::time::Duration;
 
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -108,6 +110,70 @@ pub(crate) async fn delete_topics(broker: &Broker, request: &mut Request) -> Rep
     encode(&DeleteTopicsResponse::default().with_responses(results), version)
 }
 
+pub(crate) async fn create_partitions(broker: &Broker, request: &mut Request) -> Reply {
+    let version = request.version;
+    let body: CreatePartitionsRequest = request.decode()?;
+    let timeout = admin_timeout(body.timeout_ms);
+    let mut results = Vec::with_capacity(body.topics.len());
+    for topic in body.topics {
+        let name = topic.name.0.to_string();
+        let outcome = async {
+            if topic.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment,
+                    "manual replica assignment is not supported".into(),
+                ));
+            }
+            let current = broker.cluster.with_catalog(|c| c.topics.get(&name).map(|t| t.partitions.len() as i32));
+            let Some(current) = current else {
+                return Err((ResponseError::UnknownTopicOrPartition, format!("unknown topic {name:?}")));
+            };
+            if topic.count <= current {
+                let message =
+                    format!("topic {name:?} has {current} partitions; the new count {} must be larger", topic.count);
+                return Err((ResponseError::InvalidPartitions, message));
+            }
+            if body.validate_only {
+                return Ok(());
+            }
+            match tokio::time::timeout(timeout, add_partitions(broker, &name, topic.count as u32)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err((error, error.to_string())),
+                Err(_) => Err((ResponseError::RequestTimedOut, "the partitions were not created in time".into())),
+            }
+        }
+        .await;
+        let mut result = CreatePartitionsTopicResult::default().with_name(topic.name);
+        if let Err((error, message)) = outcome {
+            result.error_code = error.code();
+            result.error_message = Some(StrBytes::from_string(message));
+        }
+        results.push(result);
+    }
+    encode(&CreatePartitionsResponse::default().with_results(results), version)
+}
+
+async fn add_partitions(broker: &Broker, name: &str, count: u32) -> Result<(), ResponseError> {
+    match broker.cluster.add_partitions(name, count).await {
+        Ok(_) => Ok(()),
+        Err(replication::Error::NotLeader { .. }) => {
+            broker.admin.add_partitions(name, count).await.map(|_| ()).map_err(|error| client_error(&error))
+        }
+        Err(error) => Err(replication_error(&error)),
+    }
+}
+
+/// Replaces a topic's settings through the metadata leader.
+pub(crate) async fn alter_topic_config(broker: &Broker, name: &str, config: TopicConfig) -> Result<(), ResponseError> {
+    match broker.cluster.alter_topic_config(name, config.clone()).await {
+        Ok(()) => Ok(()),
+        Err(replication::Error::NotLeader { .. }) => {
+            broker.admin.alter_topic_config(name, (&config).into()).await.map_err(|error| client_error(&error))
+        }
+        Err(error) => Err(replication_error(&error)),
+    }
+}
+
 fn admin_timeout(timeout_ms: i32) -> Duration {
     Duration::from_millis(timeout_ms.max(1) as u64).min(ADMIN_TIMEOUT_MAX)
 }
@@ -181,9 +247,35 @@ pub(crate) fn topic_config(pairs: impl Iterator<Item = (String, Option<String>)>
     let mut config = TopicConfig::default();
     for (name, value) in pairs {
         let Some(value) = value else { continue };
+        set_topic_config(&mut config, &name, &value)?;
+    }
+    Ok(config)
+}
+
+/// The topic configs this broker keeps.
+pub(crate) const TOPIC_CONFIGS: [&str; 6] =
+    ["cleanup.policy", "retention.ms", "retention.bytes", "segment.bytes", "max.message.bytes", "min.insync.replicas"];
+
+/// Puts a config back to its default (IncrementalAlterConfigs DELETE).
+pub(crate) fn reset_topic_config(config: &mut TopicConfig, name: &str) -> Result<(), String> {
+    match name {
+        "cleanup.policy" => config.compacted = false,
+        "retention.ms" => config.retention_ms = None,
+        "retention.bytes" => config.retention_bytes = None,
+        "segment.bytes" => config.segment_bytes = None,
+        "max.message.bytes" => config.max_message_bytes = None,
+        "min.insync.replicas" => config.min_insync_replicas = None,
+        other => return Err(format!("unknown or unsupported topic config {other:?}")),
+    }
+    Ok(())
+}
+
+/// Sets one config from its Kafka name and text value.
+pub(crate) fn set_topic_config(config: &mut TopicConfig, name: &str, value: &str) -> Result<(), String> {
+    {
         let number = || value.trim().parse::<i64>().map_err(|_| format!("{name}={value:?} is not a number"));
         let positive = |n: i64| u64::try_from(n).ok().filter(|n| *n > 0).ok_or(format!("{name} must be positive"));
-        match name.as_str() {
+        match name {
             "retention.ms" => config.retention_ms = Some(number()?).filter(|ms| *ms >= 0),
             "retention.bytes" => config.retention_bytes = u64::try_from(number()?).ok(),
             "segment.bytes" => config.segment_bytes = Some(positive(number()?)?),
@@ -205,7 +297,7 @@ pub(crate) fn topic_config(pairs: impl Iterator<Item = (String, Option<String>)>
             other => return Err(format!("unknown or unsupported topic config {other:?}")),
         }
     }
-    Ok(config)
+    Ok(())
 }
 
 #[cfg(test)]

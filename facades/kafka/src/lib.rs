@@ -9,6 +9,7 @@
 mod admin;
 mod broker;
 mod config;
+mod configs;
 mod connection;
 mod errors;
 mod fetch;

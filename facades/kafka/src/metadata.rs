@@ -4,10 +4,13 @@
 //! created when both the node (`auto_create_topics`) and the client allow it; the answer is then
 //! LEADER_NOT_AVAILABLE, and the client asks again once leaders are elected.
 
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use replication::{Catalog, TopicInfo};
@@ -45,6 +48,28 @@ pub(crate) async fn handle(broker: &Broker, request: &mut Request) -> Reply {
         .with_cluster_id(Some(StrBytes::from_string(catalog.cluster_id.clone())))
         .with_controller_id(BrokerId(broker.cluster.metadata_leader().map_or(-1, |n| n.0 as i32)))
         .with_topics(topics);
+    encode(&response, version)
+}
+
+/// DescribeCluster (v0–1): the brokers, the controller and the cluster id, as Metadata has them.
+pub(crate) async fn describe_cluster(broker: &Broker, request: &mut Request) -> Reply {
+    let version = request.version;
+    let body: DescribeClusterRequest = request.decode()?;
+    let catalog = broker.cluster.catalog();
+    let mut response = DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_string(catalog.cluster_id.clone()))
+        .with_controller_id(BrokerId(broker.cluster.metadata_leader().map_or(-1, |n| n.0 as i32)));
+    if version >= 1 && body.endpoint_type != 1 {
+        // Only broker endpoints exist here: no separate controller listeners.
+        response.error_code = ResponseError::UnsupportedEndpointType.code();
+        response.error_message = Some(StrBytes::from_static_str("only broker endpoints (type 1) are served"));
+        response.endpoint_type = body.endpoint_type;
+        return encode(&response, version);
+    }
+    response.brokers = brokers(&catalog)
+        .into_iter()
+        .map(|b| DescribeClusterBroker::default().with_broker_id(b.node_id).with_host(b.host).with_port(b.port))
+        .collect();
     encode(&response, version)
 }
 

@@ -114,6 +114,14 @@ async fn a_kafka_producer_follows_a_killed_leader_and_loses_nothing_acknowledged
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_clients_grow_topics_and_config_changes_take_effect() {
+    let cluster = kafka_cluster(3).await;
+    let mut command = script("admin.py");
+    command.args([cluster.kafka_bootstrap().as_str(), "admin-topic"]);
+    eprintln!("admin.py: {}", run(command, "admin.py"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_groups_rebalance_around_killed_members_and_offsets_survive_coordinator_failover() {
     let mut cluster = kafka_cluster(3).await;
     let bootstrap = cluster.kafka_bootstrap();

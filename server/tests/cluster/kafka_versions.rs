@@ -10,9 +10,12 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -153,6 +156,63 @@ async fn every_advertised_version_of_every_api_is_answered() {
                     let request = request.with_timeout_ms(10_000);
                     let r: DeleteTopicsResponse = decode(call(s, api_key, version, id, &request), api_key, version);
                     assert_eq!(r.responses[0].error_code, 0, "v{version}");
+                }
+                ApiKey::CreatePartitions => {
+                    // "versions" grows by one partition per version: 2, 3, 4, 5.
+                    let topic = CreatePartitionsTopic::default().with_name(name(TOPIC)).with_count(version as i32 + 2);
+                    let request = CreatePartitionsRequest::default().with_timeout_ms(10_000).with_topics(vec![topic]);
+                    let r: CreatePartitionsResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!(r.results[0].error_code, 0, "v{version}: {:?}", r.results[0].error_message);
+                    let shrink = CreatePartitionsTopic::default().with_name(name(TOPIC)).with_count(1);
+                    let request = CreatePartitionsRequest::default().with_timeout_ms(10_000).with_topics(vec![shrink]);
+                    let r: CreatePartitionsResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!(r.results[0].error_code, 37, "v{version}: INVALID_PARTITIONS");
+                }
+                ApiKey::DescribeConfigs => {
+                    let topic = DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(text(TOPIC))
+                        .with_configuration_keys(None);
+                    let node = DescribeConfigsResource::default()
+                        .with_resource_type(4)
+                        .with_resource_name(text("1"))
+                        .with_configuration_keys(None);
+                    let request = DescribeConfigsRequest::default().with_resources(vec![topic, node]);
+                    let r: DescribeConfigsResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!((r.results[0].error_code, r.results[0].configs.len()), (0, 6), "v{version}");
+                    assert_eq!(r.results[1].error_code, 0, "v{version}");
+                    assert!(!r.results[1].configs.is_empty(), "v{version}");
+                }
+                ApiKey::IncrementalAlterConfigs => {
+                    let retention = format!("{}", 86_400_000 + version as i64);
+                    let change = AlterableConfig::default()
+                        .with_name(text("retention.ms"))
+                        .with_config_operation(0)
+                        .with_value(Some(text(&retention)));
+                    let resource = AlterConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(text(TOPIC))
+                        .with_configs(vec![change]);
+                    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![resource]);
+                    let r: IncrementalAlterConfigsResponse =
+                        decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!(r.responses[0].error_code, 0, "v{version}: {:?}", r.responses[0].error_message);
+                    let topic = DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(text(TOPIC))
+                        .with_configuration_keys(Some(vec![text("retention.ms")]));
+                    let request = DescribeConfigsRequest::default().with_resources(vec![topic]);
+                    let r: DescribeConfigsResponse =
+                        decode(call(s, ApiKey::DescribeConfigs, 4, id, &request), ApiKey::DescribeConfigs, 4);
+                    let entry = &r.results[0].configs[0];
+                    assert_eq!(entry.value.as_deref(), Some(retention.as_str()), "v{version}: the change is visible");
+                    assert_eq!(entry.config_source, 1, "v{version}: a topic-level setting");
+                }
+                ApiKey::DescribeCluster => {
+                    let r: DescribeClusterResponse =
+                        decode(call(s, api_key, version, id, &DescribeClusterRequest::default()), api_key, version);
+                    assert_eq!((r.error_code, r.brokers.len(), r.controller_id.0), (0, 1, 1), "v{version}");
+                    assert!(!r.cluster_id.is_empty(), "v{version}");
                 }
                 ApiKey::InitProducerId => {
                     let request = InitProducerIdRequest::default()
