@@ -74,6 +74,7 @@ pub(crate) async fn handle(broker: &Broker, mut request: Request) -> Reply {
         ApiKey::Metadata => crate::metadata::handle(broker, &mut request).await,
         ApiKey::Fetch => crate::fetch::handle(broker, &mut request).await,
         ApiKey::ListOffsets => crate::list_offsets::handle(broker, &mut request).await,
+        ApiKey::OffsetForLeaderEpoch => crate::offset_for_leader_epoch::handle(broker, &mut request).await,
         ApiKey::CreateTopics => crate::admin::create_topics(broker, &mut request).await,
         ApiKey::DeleteTopics => crate::admin::delete_topics(broker, &mut request).await,
         ApiKey::CreatePartitions => crate::admin::create_partitions(broker, &mut request).await,

@@ -22,6 +22,7 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
@@ -156,6 +157,32 @@ async fn every_advertised_version_of_every_api_is_answered() {
                     let request = request.with_timeout_ms(10_000);
                     let r: DeleteTopicsResponse = decode(call(s, api_key, version, id, &request), api_key, version);
                     assert_eq!(r.responses[0].error_code, 0, "v{version}");
+                }
+                ApiKey::OffsetForLeaderEpoch => {
+                    // The current epoch (from ListOffsets) ends at the log's end; a newer
+                    // current_leader_epoch than the leader's is UNKNOWN_LEADER_EPOCH.
+                    let partition = ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1);
+                    let topic = ListOffsetsTopic::default().with_name(name(TOPIC)).with_partitions(vec![partition]);
+                    let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![topic]);
+                    let r: ListOffsetsResponse =
+                        decode(call(s, ApiKey::ListOffsets, 7, id, &request), ApiKey::ListOffsets, 7);
+                    let epoch = r.topics[0].partitions[0].leader_epoch;
+                    let ask = |s: &mut TcpStream, current: i32, requested: i32| {
+                        let partition = OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(current)
+                            .with_leader_epoch(requested);
+                        let topic =
+                            OffsetForLeaderTopic::default().with_topic(name(TOPIC)).with_partitions(vec![partition]);
+                        let request = OffsetForLeaderEpochRequest::default().with_topics(vec![topic]);
+                        let r: OffsetForLeaderEpochResponse =
+                            decode(call(s, api_key, version, id, &request), api_key, version);
+                        let p = &r.topics[0].partitions[0];
+                        (p.error_code, p.leader_epoch, p.end_offset)
+                    };
+                    assert_eq!(ask(s, epoch, epoch), (0, epoch, produced), "v{version}");
+                    assert_eq!(ask(s, -1, epoch + 5), (0, -1, -1), "v{version}: a future epoch");
+                    assert_eq!(ask(s, epoch + 1, epoch).0, 75, "v{version}: UNKNOWN_LEADER_EPOCH");
                 }
                 ApiKey::CreatePartitions => {
                     // "versions" grows by one partition per version: 2, 3, 4, 5.
@@ -415,6 +442,16 @@ async fn every_advertised_version_of_every_api_is_answered() {
     assert_eq!(produce(1, 802), (0, produced + 1));
     assert_eq!(produce(5, 803).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
     assert_eq!(produce(2, 804), (0, produced + 2), "the gap appended nothing");
+
+    // A lookup by timestamp answers with the found record's timestamp (the records carry 1).
+    let partition = ListOffsetsPartition::default().with_partition_index(0).with_timestamp(0);
+    let topic = ListOffsetsTopic::default().with_name(name(TOPIC)).with_partitions(vec![partition]);
+    let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![topic]);
+    let r: ListOffsetsResponse =
+        decode(call(&mut stream, ApiKey::ListOffsets, 7, 805, &request), ApiKey::ListOffsets, 7);
+    let partition = &r.topics[0].partitions[0];
+    assert_eq!((partition.error_code, partition.offset, partition.timestamp), (0, 0, 1));
+    assert!(partition.leader_epoch >= 1, "the epoch of the batch holding the record");
 
     // validate_only reports an existing topic as Kafka does.
     let topic = CreatableTopic::default().with_name(name(TOPIC)).with_num_partitions(1).with_replication_factor(1);
