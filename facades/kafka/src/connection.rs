@@ -135,7 +135,7 @@ async fn read_requests(
 }
 
 /// Splits a frame into its header and body, checking the API key and version.
-fn parse(mut frame: Bytes, peer: SocketAddr) -> Result<(Request, i16), String> {
+pub(crate) fn parse(mut frame: Bytes, peer: SocketAddr) -> Result<(Request, i16), String> {
     let key = (&frame[0..2]).get_i16();
     let version = (&frame[2..4]).get_i16();
     let api_key = ApiKey::try_from(key).map_err(|()| format!("unknown API key {key}"))?;

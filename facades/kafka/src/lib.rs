@@ -11,6 +11,8 @@ mod broker;
 mod config;
 mod configs;
 mod connection;
+#[cfg(test)]
+mod decode_fuzz;
 mod errors;
 mod fetch;
 mod find_coordinator;
