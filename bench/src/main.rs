@@ -8,10 +8,16 @@
 //!   (one node) and RF 3 (three nodes on loopback) against the log-store's own append rate;
 //!   fsyncs per second; leader failover time under kill -9.
 //!
-//! Later modes (`kafka`, …) slot in as sibling subcommands. [`report`] holds the
-//! shared printing: the human-readable table and percentiles.
+//! * `kafka` ([`kafka`]) — the Kafka protocol with its own load generator: acks=all throughput,
+//!   produce and end-to-end latency at full and half load, and a small-batch keyed workload, on
+//!   one node and on three, against the disk's limit.
+//!
+//! [`report`] holds the shared printing: the human-readable table and percentiles; [`cluster`]
+//! starts node processes.
 
+mod cluster;
 mod disk;
+mod kafka;
 mod log_store;
 mod replicated;
 mod report;
@@ -35,6 +41,8 @@ enum Mode {
     LogStore(log_store::Args),
     /// Produce through 1 and 3 node processes (RF 1, RF 3) vs. the log-store; fsyncs; failover.
     Replicated(replicated::Args),
+    /// Kafka clients' view: acks=all produce and end-to-end latency on 1 and 3 nodes vs. the disk.
+    Kafka(kafka::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +50,6 @@ fn main() -> anyhow::Result<()> {
     match cli.mode {
         Mode::LogStore(args) => log_store::run(args),
         Mode::Replicated(args) => replicated::run(args),
+        Mode::Kafka(args) => kafka::run(args),
     }
 }

@@ -31,18 +31,17 @@
 //! node logs).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use client::Client;
 use serde_json::json;
 
+use crate::cluster::LocalCluster;
 use crate::disk;
 use crate::log_store::{append_reference, build_pool, PooledBatch};
 use crate::report::{json_line, mib_per_s, per_s, round, thousands, Percentiles, Table, Verdict};
@@ -340,194 +339,6 @@ fn remove_dir(dir: &Path, keep: bool) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Node processes
-
-/// One `robustmq serve` process.
-struct Node {
-    id: u64,
-    dir: PathBuf,
-    grpc: String,
-    admin: String,
-    kafka: String,
-    child: Option<Child>,
-    starts: u32,
-}
-
-/// Node processes on loopback, all killed when this is dropped.
-struct LocalCluster {
-    binary: PathBuf,
-    nodes: Vec<Node>,
-    peers: Vec<String>,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-impl LocalCluster {
-    /// Starts `size` nodes with data under `root`, each listing all as peers.
-    ///
-    /// Must run on the main thread: `PR_SET_PDEATHSIG` fires when the *thread* that spawned
-    /// the child exits.
-    fn start(binary: &Path, root: &Path, size: u64) -> Result<LocalCluster> {
-        let mut nodes = Vec::new();
-        for id in 1..=size {
-            nodes.push(Node {
-                id,
-                dir: root.join(format!("node{id}")),
-                grpc: format!("127.0.0.1:{}", free_port()?),
-                admin: format!("127.0.0.1:{}", free_port()?),
-                kafka: format!("127.0.0.1:{}", free_port()?),
-                child: None,
-                starts: 0,
-            });
-        }
-        let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
-        let mut cluster = LocalCluster { binary: binary.to_path_buf(), nodes, peers };
-        for id in 1..=size {
-            cluster.spawn(id)?;
-        }
-        Ok(cluster)
-    }
-
-    fn node(&self, id: u64) -> &Node {
-        &self.nodes[(id - 1) as usize]
-    }
-
-    /// Starts (again) node `id` with its data directory and ports; stderr goes to
-    /// `nodeN.logK` beside its data directory.
-    fn spawn(&mut self, id: u64) -> Result<()> {
-        let binary = self.binary.clone();
-        let peers = self.peers.clone();
-        let node = &mut self.nodes[(id - 1) as usize];
-        ensure!(node.child.is_none(), "node {id} is running");
-        node.starts += 1;
-        std::fs::create_dir_all(&node.dir).with_context(|| format!("creating {}", node.dir.display()))?;
-        let log_path = node.dir.with_extension(format!("log{}", node.starts));
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut command = Command::new(&binary);
-        command
-            .args(["serve", "--node-id", &id.to_string(), "--data-dir"])
-            .arg(&node.dir)
-            .args(["--grpc-listen", &node.grpc, "--admin-listen", &node.admin, "--kafka-listen", &node.kafka])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        for peer in &peers {
-            command.args(["--peer", peer]);
-        }
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        node.child = Some(command.spawn().with_context(|| format!("starting {}", binary.display()))?);
-        Ok(())
-    }
-
-    /// SIGKILL and reap: no flush, no goodbye.
-    fn kill(&mut self, id: u64) -> Result<()> {
-        let node = &mut self.nodes[(id - 1) as usize];
-        if let Some(mut child) = node.child.take() {
-            child.kill().with_context(|| format!("killing node {id}"))?;
-            child.wait().with_context(|| format!("reaping node {id}"))?;
-        }
-        Ok(())
-    }
-
-    fn kill_all(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-
-    /// Fails if a node that should run has exited, naming its log.
-    fn check_alive(&mut self) -> Result<()> {
-        for node in &mut self.nodes {
-            if let Some(child) = &mut node.child {
-                if let Some(status) = child.try_wait()? {
-                    let log = node.dir.with_extension(format!("log{}", node.starts));
-                    let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                    let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-                    bail!(
-                        "node {} exited with {status}; its log {}:\n{}",
-                        node.id,
-                        log.display(),
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn pid(&self, id: u64) -> Option<u32> {
-        self.node(id).child.as_ref().map(Child::id)
-    }
-
-    /// A client of every node, `first` (if any) tried first.
-    fn client(&self, first: Option<u64>) -> Client {
-        let mut addresses: Vec<String> = self.nodes.iter().map(|n| n.grpc.clone()).collect();
-        if let Some(first) = first {
-            addresses.rotate_left((first - 1) as usize);
-        }
-        Client::new(addresses)
-    }
-
-    /// A client of node `id` only, that gives up quickly.
-    fn client_of(&self, id: u64) -> Client {
-        Client::new(vec![self.node(id).grpc.clone()]).with_retry_deadline(Duration::from_millis(500))
-    }
-
-    /// Waits until a metadata leader is known, as seen through any node.
-    async fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + WAIT_MAX;
-        let client = self.client(None).with_retry_deadline(Duration::from_secs(1));
-        while Instant::now() < deadline {
-            self.check_alive()?;
-            if let Ok(status) = client.cluster_status().await {
-                if status.metadata_leader.is_some() {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the cluster elected no metadata leader within {} s", WAIT_MAX.as_secs())
-    }
-
-    /// The partition's leader, confirmed by the leader itself (`except`: not that node).
-    async fn leader(&mut self, except: Option<u64>) -> Result<u64> {
-        let deadline = Instant::now() + WAIT_MAX;
-        while Instant::now() < deadline {
-            self.check_alive()?;
-            for node in &self.nodes {
-                if node.child.is_none() || Some(node.id) == except {
-                    continue;
-                }
-                let Ok(topic) = self.client_of(node.id).describe_topic(TOPIC).await else { continue };
-                if topic.partitions.first().and_then(|p| p.leader) == Some(node.id) {
-                    return Ok(node.id);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bail!("the partition has no leader after {} s", WAIT_MAX.as_secs())
-    }
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Metrics and CPU
 
 /// Counters read off a node's `/metrics`.
@@ -804,7 +615,7 @@ async fn throughput(
 ) -> Result<Phase> {
     cluster.wait_ready().await?;
     cluster.client(None).with_retry_deadline(Duration::from_secs(30)).create_topic(TOPIC, 1, rf).await?;
-    let leader = cluster.leader(None).await?;
+    let leader = cluster.leader(TOPIC, None).await?;
     let client = Arc::new(cluster.client(Some(leader)));
     if !warmup.is_zero() {
         produce_for(&client, pool, concurrency, warmup).await.context("warm-up")?;
@@ -892,7 +703,7 @@ async fn failover(cluster: &mut LocalCluster, pool: &Arc<Vec<PooledBatch>>, tria
             tokio::time::sleep(Duration::from_secs(1)).await;
             let acked = calls.lock().unwrap().iter().filter(|c| c.ok && c.start >= steady_from).count();
             ensure!(acked > 0, "trial {trial}: the producer loop got no acknowledgement in 1 s before the kill");
-            let leader = cluster.leader(None).await?;
+            let leader = cluster.leader(TOPIC, None).await?;
             let metadata_leader = cluster.client_of(leader).cluster_status().await.ok().and_then(|s| s.metadata_leader);
             let killed_at = Instant::now();
             cluster.kill(leader)?;
@@ -927,7 +738,7 @@ async fn failover(cluster: &mut LocalCluster, pool: &Arc<Vec<PooledBatch>>, tria
             let failover = ack.expect("loop ends with an ack");
             let failed = calls.lock().unwrap().iter().filter(|c| !c.ok && c.end > killed_at).count();
             // Restart the killed node and wait until it has caught up.
-            let new_leader = cluster.leader(Some(leader)).await?;
+            let new_leader = cluster.leader(TOPIC, Some(leader)).await?;
             let high_watermark = cluster
                 .client_of(new_leader)
                 .describe_topic(TOPIC)

@@ -1,0 +1,201 @@
+//! Node processes for the benchmarks that need a cluster: `robustmq serve` children on
+//! loopback ports, each with its own data directory and log, all killed when the cluster is
+//! dropped (and by `PR_SET_PDEATHSIG` if the bench itself dies).
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use client::Client;
+
+/// How long a node or a leader may take before the run gives up.
+const WAIT_MAX: Duration = Duration::from_secs(120);
+
+/// One `robustmq serve` process.
+pub(crate) struct Node {
+    pub(crate) id: u64,
+    pub(crate) dir: PathBuf,
+    pub(crate) grpc: String,
+    pub(crate) admin: String,
+    pub(crate) kafka: String,
+    pub(crate) child: Option<Child>,
+    starts: u32,
+}
+
+/// Node processes on loopback, all killed when this is dropped.
+pub(crate) struct LocalCluster {
+    binary: PathBuf,
+    pub(crate) nodes: Vec<Node>,
+    peers: Vec<String>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalCluster {
+    /// Starts `size` nodes with data under `root`, each listing all as peers.
+    ///
+    /// Must run on the main thread: `PR_SET_PDEATHSIG` fires when the *thread* that spawned
+    /// the child exits.
+    pub(crate) fn start(binary: &Path, root: &Path, size: u64) -> Result<LocalCluster> {
+        let mut nodes = Vec::new();
+        for id in 1..=size {
+            nodes.push(Node {
+                id,
+                dir: root.join(format!("node{id}")),
+                grpc: format!("127.0.0.1:{}", free_port()?),
+                admin: format!("127.0.0.1:{}", free_port()?),
+                kafka: format!("127.0.0.1:{}", free_port()?),
+                child: None,
+                starts: 0,
+            });
+        }
+        let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
+        let mut cluster = LocalCluster { binary: binary.to_path_buf(), nodes, peers };
+        for id in 1..=size {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    pub(crate) fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// Starts (again) node `id` with its data directory and ports; stderr goes to
+    /// `nodeN.logK` beside its data directory.
+    pub(crate) fn spawn(&mut self, id: u64) -> Result<()> {
+        let binary = self.binary.clone();
+        let peers = self.peers.clone();
+        let node = &mut self.nodes[(id - 1) as usize];
+        ensure!(node.child.is_none(), "node {id} is running");
+        node.starts += 1;
+        std::fs::create_dir_all(&node.dir).with_context(|| format!("creating {}", node.dir.display()))?;
+        let log_path = node.dir.with_extension(format!("log{}", node.starts));
+        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let mut command = Command::new(&binary);
+        command
+            .args(["serve", "--node-id", &id.to_string(), "--data-dir"])
+            .arg(&node.dir)
+            .args(["--grpc-listen", &node.grpc, "--admin-listen", &node.admin, "--kafka-listen", &node.kafka])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for peer in &peers {
+            command.args(["--peer", peer]);
+        }
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        node.child = Some(command.spawn().with_context(|| format!("starting {}", binary.display()))?);
+        Ok(())
+    }
+
+    /// SIGKILL and reap: no flush, no goodbye.
+    pub(crate) fn kill(&mut self, id: u64) -> Result<()> {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = node.child.take() {
+            child.kill().with_context(|| format!("killing node {id}"))?;
+            child.wait().with_context(|| format!("reaping node {id}"))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn kill_all(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Fails if a node that should run has exited, naming its log.
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            if let Some(child) = &mut node.child {
+                if let Some(status) = child.try_wait()? {
+                    let log = node.dir.with_extension(format!("log{}", node.starts));
+                    let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                    let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                    bail!(
+                        "node {} exited with {status}; its log {}:\n{}",
+                        node.id,
+                        log.display(),
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(Child::id)
+    }
+
+    /// A client of every node, `first` (if any) tried first.
+    pub(crate) fn client(&self, first: Option<u64>) -> Client {
+        let mut addresses: Vec<String> = self.nodes.iter().map(|n| n.grpc.clone()).collect();
+        if let Some(first) = first {
+            addresses.rotate_left((first - 1) as usize);
+        }
+        Client::new(addresses)
+    }
+
+    /// A client of node `id` only, that gives up quickly.
+    pub(crate) fn client_of(&self, id: u64) -> Client {
+        Client::new(vec![self.node(id).grpc.clone()]).with_retry_deadline(Duration::from_millis(500))
+    }
+
+    /// Waits until a metadata leader is known, as seen through any node.
+    pub(crate) async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + WAIT_MAX;
+        let client = self.client(None).with_retry_deadline(Duration::from_secs(1));
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            if let Ok(status) = client.cluster_status().await {
+                if status.metadata_leader.is_some() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the cluster elected no metadata leader within {} s", WAIT_MAX.as_secs())
+    }
+
+    /// The leader of `topic`'s partition 0, confirmed by the leader itself (`except`: not that node).
+    pub(crate) async fn leader(&mut self, topic: &str, except: Option<u64>) -> Result<u64> {
+        let deadline = Instant::now() + WAIT_MAX;
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            for node in &self.nodes {
+                if node.child.is_none() || Some(node.id) == except {
+                    continue;
+                }
+                let Ok(topic) = self.client_of(node.id).describe_topic(topic).await else { continue };
+                if topic.partitions.first().and_then(|p| p.leader) == Some(node.id) {
+                    return Ok(node.id);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("the partition has no leader after {} s", WAIT_MAX.as_secs())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
