@@ -198,4 +198,3 @@ impl Drop for LocalCluster {
         self.kill_all();
     }
 }
-

@@ -253,7 +253,8 @@ async fn producer(
             while let Some((sent_at, bytes, records)) = unanswered.recv().await {
                 let answer: ProduceResponse = response(&mut reader, ApiKey::Produce, PRODUCE_VERSION).await?;
                 let done = Instant::now();
-                let code = answer.responses.first().and_then(|t| t.partition_responses.first()).map_or(-1, |p| p.error_code);
+                let code =
+                    answer.responses.first().and_then(|t| t.partition_responses.first()).map_or(-1, |p| p.error_code);
                 if window.timed(sent_at) {
                     if code == 0 {
                         window.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -297,10 +298,8 @@ async fn consumer(address: String, window: Arc<Window>, from: i64) -> Result<()>
     let mut offset = from;
     let mut correlation_id = 0;
     while !window.stop.load(Ordering::Relaxed) {
-        let partition = FetchPartition::default()
-            .with_partition(0)
-            .with_fetch_offset(offset)
-            .with_partition_max_bytes(16 << 20);
+        let partition =
+            FetchPartition::default().with_partition(0).with_fetch_offset(offset).with_partition_max_bytes(16 << 20);
         let topic = FetchTopic::default().with_topic(topic_name()).with_partitions(vec![partition]);
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -412,7 +411,12 @@ fn print_run(label: &str, run: &LoadRun) {
     );
 }
 
-async fn run_cluster(cluster: &mut LocalCluster, nodes: u64, args: &Args, pool: &Arc<Vec<PooledBatch>>) -> Result<ClusterRun> {
+async fn run_cluster(
+    cluster: &mut LocalCluster,
+    nodes: u64,
+    args: &Args,
+    pool: &Arc<Vec<PooledBatch>>,
+) -> Result<ClusterRun> {
     cluster.wait_ready().await?;
     let client = cluster.client(None);
     client.create_topic(TOPIC, 1, nodes as u32).await.context("creating the topic")?;
@@ -524,7 +528,11 @@ pub fn run(args: Args) -> Result<()> {
         table.figure(&format!("{label}, e2e p99 at half load"), format!("{} ms", ms(run.half.end_to_end.p99)));
         table.figure(
             &format!("{label}, keyed 1-record batches"),
-            format!("{} records/s, p99 {} ms", thousands(per_s(run.keyed.records, run.keyed.elapsed)), ms(run.keyed.produce.p99)),
+            format!(
+                "{} records/s, p99 {} ms",
+                thousands(per_s(run.keyed.records, run.keyed.elapsed)),
+                ms(run.keyed.produce.p99)
+            ),
         );
     }
     table.print();

@@ -79,6 +79,21 @@ pub struct KafkaSettings {
     pub group_min_session_timeout_ms: u64,
     /// Largest session timeout a consumer may ask for, in ms.
     pub group_max_session_timeout_ms: u64,
+    /// SASL mechanisms required of Kafka clients (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`);
+    /// empty = no authentication.
+    pub sasl_mechanisms: Vec<String>,
+    /// Users that may authenticate (`[[kafka.users]]`).
+    pub users: Vec<KafkaUser>,
+}
+
+/// A Kafka user (`[[kafka.users]]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaUser {
+    /// User name.
+    pub name: String,
+    /// Password (PLAIN compares it; SCRAM credentials are derived from it at start).
+    pub password: String,
 }
 
 impl Default for KafkaSettings {
@@ -97,6 +112,8 @@ impl Default for KafkaSettings {
             group_initial_rebalance_delay_ms: defaults.group_initial_rebalance_delay_ms,
             group_min_session_timeout_ms: defaults.group_min_session_timeout_ms,
             group_max_session_timeout_ms: defaults.group_max_session_timeout_ms,
+            sasl_mechanisms: Vec::new(),
+            users: Vec::new(),
         }
     }
 }
@@ -119,6 +136,22 @@ impl KafkaSettings {
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
             bail!("kafka.group_min_session_timeout_ms is larger than kafka.group_max_session_timeout_ms");
         }
+        let sasl = if self.sasl_mechanisms.is_empty() {
+            None
+        } else {
+            let mut mechanisms = Vec::new();
+            for name in &self.sasl_mechanisms {
+                let mechanism = facade_kafka::SaslMechanism::parse(name).with_context(|| {
+                    format!("kafka.sasl_mechanisms: {name:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+                })?;
+                mechanisms.push(mechanism);
+            }
+            if self.users.is_empty() {
+                bail!("kafka.sasl_mechanisms is set but no [[kafka.users]] are: nobody could connect");
+            }
+            let users = self.users.iter().map(|u| (u.name.clone(), u.password.clone())).collect();
+            Some(facade_kafka::SaslConfig { mechanisms, users })
+        };
         Ok(facade_kafka::KafkaConfig {
             advertised_address,
             auto_create_topics: self.auto_create_topics,
@@ -130,6 +163,7 @@ impl KafkaSettings {
             group_initial_rebalance_delay_ms: self.group_initial_rebalance_delay_ms,
             group_min_session_timeout_ms: self.group_min_session_timeout_ms,
             group_max_session_timeout_ms: self.group_max_session_timeout_ms,
+            sasl,
             ..facade_kafka::KafkaConfig::default()
         })
     }

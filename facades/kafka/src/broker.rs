@@ -23,6 +23,8 @@ pub(crate) struct Broker {
     pub producer_ids: crate::init_producer_id::ProducerIdBlock,
     /// The consumer groups this node coordinates.
     pub coordinator: crate::groups::Coordinator,
+    /// Users and mechanisms when SASL is on.
+    pub authenticator: Option<crate::sasl::Authenticator>,
 }
 
 /// Serves Kafka clients on `listener` until `stop` turns true.
@@ -37,7 +39,9 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let coordinator = crate::groups::Coordinator::new(config.group_settings());
-    let broker = Arc::new(Broker { cluster, admin, config, producer_ids: Default::default(), coordinator });
+    let authenticator = config.sasl.as_ref().map(crate::sasl::Authenticator::new);
+    let broker =
+        Arc::new(Broker { cluster, admin, config, producer_ids: Default::default(), coordinator, authenticator });
     let connection_stop = stop.clone();
     tokio::spawn(crate::groups::run_timers(broker.clone(), stop.clone()));
     info!(listen = ?listener.local_addr().ok(), advertised = %broker.config.advertised_address, "kafka listener ready");

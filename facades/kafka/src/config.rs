@@ -27,6 +27,8 @@ pub struct KafkaConfig {
     /// Bounds of the session timeout a member may ask for (`group.min/max.session.timeout.ms`).
     pub group_min_session_timeout_ms: u64,
     pub group_max_session_timeout_ms: u64,
+    /// SASL authentication; `None` lets every connection in unauthenticated.
+    pub sasl: Option<crate::sasl::SaslConfig>,
 }
 
 impl KafkaConfig {
@@ -55,6 +57,7 @@ impl Default for KafkaConfig {
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
+            sasl: None,
         }
     }
 }

@@ -107,6 +107,7 @@ async fn read_requests(
     peer: SocketAddr,
 ) -> Result<(), String> {
     let limit = broker.config.request_bytes_max;
+    let mut auth = crate::sasl_gate::Gate::new(broker.authenticator.is_some());
     loop {
         let size = match reader.read_i32().await {
             Ok(size) => size,
@@ -121,6 +122,21 @@ async fn read_requests(
         let frame = frame.freeze();
         let (request, header_version) = parse(frame, peer)?;
         let correlation_id = request.header.correlation_id;
+        if matches!(request.api_key, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
+            // Answered here, before the next frame is read: the outcome decides what may follow.
+            let (reply, verdict) = auth.handle(broker, request, peer);
+            let reply = tokio::spawn(async move { reply });
+            if pending.send(Pending { correlation_id, header_version, reply }).await.is_err() {
+                return Ok(());
+            }
+            match verdict {
+                Ok(()) => continue,
+                Err(reason) => return Err(reason),
+            }
+        }
+        if !auth.allows(request.api_key) {
+            return Err(format!("{:?} before SASL authentication", request.api_key));
+        }
         let reply = if request.api_key == ApiKey::Produce {
             // Proposed here, in request order; only the wait for the commit runs apart.
             tokio::spawn(crate::produce::start(broker, request))

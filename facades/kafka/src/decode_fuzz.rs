@@ -61,6 +61,12 @@ fn valid_body(api_key: ApiKey, version: i16) -> Bytes {
             .with_resources(vec![incremental_alter_configs_request::AlterConfigsResource::default()
                 .with_configs(vec![Default::default()])])),
         ApiKey::DescribeCluster => put!(DescribeClusterRequest::default()),
+        ApiKey::SaslHandshake => {
+            put!(SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")))
+        }
+        ApiKey::SaslAuthenticate => {
+            put!(SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0user\0password")))
+        }
         ApiKey::InitProducerId => put!(InitProducerIdRequest::default()),
         ApiKey::FindCoordinator if version >= 4 => {
             put!(FindCoordinatorRequest::default().with_coordinator_keys(vec![StrBytes::from_static_str("g")]))

@@ -22,8 +22,11 @@ mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
+mod sasl;
+mod sasl_gate;
 mod versions;
 
 pub use broker::serve;
 pub use broker::ENDPOINT;
 pub use config::KafkaConfig;
+pub use sasl::{Mechanism as SaslMechanism, SaslConfig};

@@ -45,6 +45,25 @@ fn a_malformed_config_an_unusable_data_dir_or_a_busy_port_exits_with_a_clear_err
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid config file"));
 
+    // SASL settings that cannot work are refused at start, with the reason.
+    for (toml, reason) in [
+        ("[kafka]\nsasl_mechanisms = [\"PLAIN\"]\n", "no [[kafka.users]]"),
+        ("[kafka]\nsasl_mechanisms = [\"GSSAPI\"]\n[[kafka.users]]\nname = \"a\"\npassword = \"b\"\n", "GSSAPI"),
+    ] {
+        std::fs::write(&config, toml).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_robustmq"))
+            .args(["serve", "--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--kafka-listen"])
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path().join("sasl-data"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(reason), "{toml}: {stderr}");
+    }
+
     // A data directory that cannot be created (its parent is a file; root ignores permissions).
     let not_a_directory = dir.path().join("plain-file");
     std::fs::write(&not_a_directory, b"x").unwrap();

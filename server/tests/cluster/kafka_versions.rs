@@ -241,6 +241,25 @@ async fn every_advertised_version_of_every_api_is_answered() {
                     assert_eq!((r.error_code, r.brokers.len(), r.controller_id.0), (0, 1, 1), "v{version}");
                     assert!(!r.cluster_id.is_empty(), "v{version}");
                 }
+                ApiKey::SaslHandshake | ApiKey::SaslAuthenticate => {
+                    // This listener has no SASL: the answer refuses, then the connection closes
+                    // (so each goes on a connection of its own).
+                    let mut own = TcpStream::connect(&cluster.node(1).kafka).unwrap();
+                    own.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    let code = if api_key == ApiKey::SaslHandshake {
+                        let request = SaslHandshakeRequest::default().with_mechanism(text("PLAIN"));
+                        let r: SaslHandshakeResponse =
+                            decode(call(&mut own, api_key, version, id, &request), api_key, version);
+                        r.error_code
+                    } else {
+                        let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0a\0b"));
+                        let r: SaslAuthenticateResponse =
+                            decode(call(&mut own, api_key, version, id, &request), api_key, version);
+                        r.error_code
+                    };
+                    let expected = if api_key == ApiKey::SaslHandshake { 33 } else { 34 };
+                    assert_eq!(code, expected, "v{version}: UNSUPPORTED_SASL_MECHANISM / ILLEGAL_SASL_STATE");
+                }
                 ApiKey::InitProducerId => {
                     let request = InitProducerIdRequest::default()
                         .with_transactional_id(None)
