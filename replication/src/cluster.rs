@@ -15,6 +15,7 @@ use crate::catalog::{Catalog, Command, TopicConfig, TopicInfo};
 use crate::error::{Error, Result};
 use crate::ids::{GroupId, NodeId, METADATA_GROUP};
 use crate::partition::PartitionHandle;
+use crate::producers::AbortedTxn;
 use crate::store::{try_send, Applied, StoreMsg};
 
 /// How long a proposal may wait for its commit before the caller hears `Timeout`.
@@ -224,6 +225,14 @@ impl Cluster {
                 return Err(Error::Stopped);
             }
         }
+    }
+
+    /// The last stable offset and the aborted transactions of a partition this node leads
+    /// (what `read_committed` readers need).
+    pub fn transactions(&self, topic: &str, partition: u32) -> Result<(u64, Arc<Vec<AbortedTxn>>)> {
+        let handle = self.leading(topic, partition)?;
+        let aborted = handle.aborted.read().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok((handle.last_stable_offset.load(Ordering::Acquire), aborted))
     }
 
     /// A read handle on a partition this node leads, and a watch of its high watermark that

@@ -41,5 +41,6 @@ pub use cluster::{Cluster, FetchResult, PartitionStatus, TopicDefaults};
 pub use config::{PeerConfig, ReplicationConfig};
 pub use error::{Error, Result};
 pub use ids::{GroupId, NodeId, METADATA_GROUP};
+pub use producers::{AbortedTxn, Marker};
 pub use store::start;
 pub use transport::RaftService;

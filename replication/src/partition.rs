@@ -22,7 +22,7 @@ use crate::catalog::{PartitionInfo, TopicConfig};
 use crate::config::ReplicationConfig;
 use crate::error::{Error, Result};
 use crate::ids::{GroupId, NodeId};
-use crate::producers::{Decision, Producers};
+use crate::producers::{AbortedTxn, Decision, Marker, Producers};
 use crate::raft_storage::{ApplyState, GroupStorage};
 
 /// What the rest of the node may see of a local partition replica.
@@ -47,6 +47,10 @@ pub(crate) struct PartitionHandle {
     pub decompressed_bytes_max: usize,
     /// The group's voters as this replica last applied them.
     pub voters: std::sync::RwLock<Vec<NodeId>>,
+    /// The last stable offset (`read_committed` reads stop there).
+    pub last_stable_offset: AtomicU64,
+    /// Aborted transactions, in marker order (`read_committed` readers skip their records).
+    pub aborted: std::sync::RwLock<Arc<Vec<AbortedTxn>>>,
 }
 
 impl PartitionHandle {
@@ -150,6 +154,8 @@ impl PartitionReplica {
             batch_bytes_max: AtomicUsize::new(batch_bytes_max),
             decompressed_bytes_max,
             voters: std::sync::RwLock::new(Vec::new()),
+            last_stable_offset: AtomicU64::new(producers.last_stable_offset()),
+            aborted: std::sync::RwLock::new(Arc::new(producers.aborted().to_vec())),
         });
         let replica = PartitionReplica {
             handle,
@@ -164,6 +170,15 @@ impl PartitionReplica {
             segments_at_last_compaction: 1,
         };
         Ok((replica, applied))
+    }
+
+    /// Makes the transaction state visible to readers (the aborted list only when it changed).
+    fn publish_transactions(&self, aborted_changed: bool) {
+        self.handle.last_stable_offset.store(self.producers.last_stable_offset(), Ordering::Release);
+        if aborted_changed {
+            let aborted = Arc::new(self.producers.aborted().to_vec());
+            *self.handle.aborted.write().unwrap_or_else(|p| p.into_inner()) = aborted;
+        }
     }
 
     /// Adopts changed topic settings: retention, segment size, cleanup policy and batch limit
@@ -186,6 +201,14 @@ impl PartitionReplica {
             Ok(header) => header,
             Err(_) => return Ok(Err(Error::InvalidRequest("entry is not a record batch".into()))),
         };
+        let marker = if header.is_control() {
+            match batch::Batch::new(bytes::Bytes::copy_from_slice(&data)).ok().and_then(|b| Marker::of(&b)) {
+                Some(marker) => Some(marker),
+                None => return Ok(Err(Error::InvalidRequest("a control batch without a valid marker".into()))),
+            }
+        } else {
+            None
+        };
         match self.producers.check(&header) {
             Ok(Decision::Append) => {}
             Ok(Decision::Duplicate(base, last)) => return Ok(Ok((base, last))),
@@ -194,7 +217,8 @@ impl PartitionReplica {
         batch::set_partition_leader_epoch(&mut data, entry.term as i32);
         match self.log.append(&mut data) {
             Ok(appended) => {
-                self.producers.record(&header, appended.base_offset, appended.last_offset);
+                self.producers.record(&header, appended.base_offset, appended.last_offset, marker);
+                self.publish_transactions(marker == Some(Marker::Abort));
                 self.applied_since_flush = true;
                 self.bytes_since_flush += data.len() as u64;
                 self.handle.high_watermark.send_replace(appended.last_offset.0 + 1);
@@ -225,6 +249,11 @@ impl PartitionReplica {
         self.last_flush = Instant::now();
         if let Err(error) = self.log.apply_retention() {
             warn!(partition = %self.dir.display(), %error, "retention failed");
+        }
+        let aborted_before = self.producers.aborted().len();
+        self.producers.trim_aborted(self.log.log_start_offset().0);
+        if self.producers.aborted().len() != aborted_before {
+            self.publish_transactions(true);
         }
         // Compaction rereads the whole log: run it only when a segment was sealed since the last run.
         let segments = self.handle.reader.segments().len();
@@ -267,6 +296,7 @@ impl PartitionReplica {
             self.log.append_stored(&mut stored.bytes().to_vec())?;
         }
         self.producers.scan(&self.handle.reader, self.log.next_offset().0)?;
+        self.publish_transactions(true);
         self.handle.high_watermark.send_replace(self.log.next_offset().0);
         Ok(self.log.next_offset().0)
     }
@@ -275,6 +305,7 @@ impl PartitionReplica {
     pub fn reset(&mut self, offset: u64) -> Result<()> {
         self.log.reset(Offset(offset))?;
         self.producers.reset(offset);
+        self.publish_transactions(true);
         self.handle.high_watermark.send_replace(offset);
         Ok(())
     }

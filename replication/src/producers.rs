@@ -1,5 +1,7 @@
-//! Idempotent-producer state of one partition replica: for each producer id, its epoch and the
-//! sequence numbers and offsets of its last few batches.
+//! Producer state of one partition replica: for each producer id, its epoch and the sequence
+//! numbers and offsets of its last few batches (idempotence), plus the transactions open in
+//! this partition and the aborted ones (`read_committed` reads stop at the first open
+//! transaction's first offset, the last stable offset, and skip aborted ones).
 //!
 //! Every replica applies the same committed batches in the same order, so every replica holds
 //! the same state and makes the same decision for a batch: append it, acknowledge it as a
@@ -63,10 +65,49 @@ pub(crate) enum Decision {
     Duplicate(Offset, Offset),
 }
 
+/// A transaction marker: the outcome a control batch records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marker {
+    /// The producer's transaction in this partition committed.
+    Commit,
+    /// It aborted: its records are to be skipped by `read_committed` readers.
+    Abort,
+}
+
+impl Marker {
+    /// The marker a control batch carries (its first record's key: version, type), if valid.
+    pub fn of(stored: &batch::Batch) -> Option<Marker> {
+        let record = stored.records(1 << 20).ok()?.next()?.ok()?;
+        let key = record.key?;
+        match key.get(2..4) {
+            Some([0, 0]) => Some(Marker::Abort),
+            Some([0, 1]) => Some(Marker::Commit),
+            _ => None,
+        }
+    }
+}
+
+/// An aborted transaction of one producer in this partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortedTxn {
+    /// The producer id.
+    pub producer_id: i64,
+    /// Offset of the transaction's first batch here.
+    pub first_offset: u64,
+    /// Offset of its abort marker.
+    pub last_offset: u64,
+}
+
 /// Producer state of one partition.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Producers {
     producers: BTreeMap<i64, ProducerEntry>,
+    /// Open transactions: producer id → offset of its first batch here.
+    #[serde(default)]
+    ongoing: BTreeMap<i64, u64>,
+    /// Aborted transactions, in marker order.
+    #[serde(default)]
+    aborted: Vec<AbortedTxn>,
     /// The log offset this state covers (the next offset after the last batch recorded).
     offset: u64,
     /// Changed since the last snapshot was written.
@@ -90,8 +131,19 @@ impl Producers {
     /// Decides what to do with a batch about to be applied. Deterministic: depends only on the
     /// state (the batches applied before) and the header.
     pub fn check(&self, header: &BatchHeader) -> Result<Decision> {
-        if header.producer_id < 0 || header.is_control() {
+        if header.producer_id < 0 {
             return Ok(Decision::Append);
+        }
+        if header.is_control() {
+            // A marker from a fenced (older) coordinator epoch of the producer is refused.
+            return match self.producers.get(&header.producer_id) {
+                Some(entry) if header.producer_epoch < entry.epoch => Err(Error::InvalidProducerEpoch {
+                    producer_id: header.producer_id,
+                    epoch: header.producer_epoch,
+                    current: entry.epoch,
+                }),
+                _ => Ok(Decision::Append),
+            };
         }
         let Some(entry) = self.producers.get(&header.producer_id) else {
             // A producer this partition has not seen (or has forgotten): any sequence starts it.
@@ -124,12 +176,33 @@ impl Producers {
         Ok(Decision::Append)
     }
 
-    /// Records a batch that was appended at `base..=last` (also any batch met while scanning).
-    pub fn record(&mut self, header: &BatchHeader, base: Offset, last: Offset) {
+    /// Records a batch that was appended at `base..=last` (also any batch met while scanning);
+    /// `marker` is what a control batch says.
+    pub fn record(&mut self, header: &BatchHeader, base: Offset, last: Offset, marker: Option<Marker>) {
         self.offset = self.offset.max(last.0 + 1);
         self.dirty = true;
-        if header.producer_id < 0 || header.is_control() {
+        if header.producer_id < 0 {
             return;
+        }
+        if header.is_control() {
+            let entry = self
+                .producers
+                .entry(header.producer_id)
+                .or_insert_with(|| ProducerEntry { epoch: header.producer_epoch, batches: VecDeque::new() });
+            if header.producer_epoch > entry.epoch {
+                entry.epoch = header.producer_epoch;
+                entry.batches.clear();
+            }
+            if let Some(first_offset) = self.ongoing.remove(&header.producer_id) {
+                if marker == Some(Marker::Abort) {
+                    let aborted = AbortedTxn { producer_id: header.producer_id, first_offset, last_offset: base.0 };
+                    self.aborted.push(aborted);
+                }
+            }
+            return;
+        }
+        if header.is_transactional() {
+            self.ongoing.entry(header.producer_id).or_insert(base.0);
         }
         let batch = SequencedBatch {
             first_sequence: header.base_sequence,
@@ -151,8 +224,29 @@ impl Producers {
         entry.batches.push_back(batch);
     }
 
+    /// The last stable offset: the first offset of the oldest open transaction, or the end.
+    pub fn last_stable_offset(&self) -> u64 {
+        self.ongoing.values().copied().min().unwrap_or(self.offset)
+    }
+
+    /// The aborted transactions, in marker order.
+    pub fn aborted(&self) -> &[AbortedTxn] {
+        &self.aborted
+    }
+
+    /// Forgets aborted transactions that ended before the log's start.
+    pub fn trim_aborted(&mut self, log_start: u64) {
+        let before = self.aborted.len();
+        self.aborted.retain(|a| a.last_offset >= log_start);
+        if self.aborted.len() != before {
+            self.dirty = true;
+        }
+    }
+
     /// Forgets everything: the log restarts empty at `offset`.
     pub fn reset(&mut self, offset: u64) {
+        self.ongoing.clear();
+        self.aborted.clear();
         self.producers.clear();
         self.offset = offset;
         self.dirty = true;
@@ -182,9 +276,11 @@ impl Producers {
             }
             let before = self.offset;
             for stored in batch::batches(bytes) {
-                let header = *stored?.header();
+                let stored = stored?;
+                let header = *stored.header();
                 if header.last_offset().0 >= self.offset {
-                    self.record(&header, header.base_offset(), header.last_offset());
+                    let marker = if header.is_control() { Marker::of(&stored) } else { None };
+                    self.record(&header, header.base_offset(), header.last_offset(), marker);
                 }
             }
             if self.offset == before {
@@ -262,7 +358,7 @@ mod tests {
             Decision::Append => {
                 let base = *next;
                 let last = base + header.last_offset_delta as u64;
-                state.record(&header, Offset(base), Offset(last));
+                state.record(&header, Offset(base), Offset(last), None);
                 *next = last + 1;
                 Ok((base, last))
             }
@@ -313,6 +409,56 @@ mod tests {
     }
 
     #[test]
+    fn open_transactions_hold_the_last_stable_offset_and_aborts_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+        let mut live = Producers::default();
+        let mut append = |live: &mut Producers, mut bytes: Vec<u8>| {
+            let header = BatchHeader::parse(&bytes).unwrap();
+            let marker = if header.is_control() {
+                Marker::of(&batch::Batch::new(bytes::Bytes::from(bytes.clone())).unwrap())
+            } else {
+                None
+            };
+            assert_eq!(live.check(&header).unwrap(), Decision::Append);
+            let appended = log.append(&mut bytes).unwrap();
+            live.record(&header, appended.base_offset, appended.last_offset, marker);
+            appended.base_offset.0
+        };
+        let data = |producer: i64, sequence: i32, transactional: bool| {
+            let builder = BatchBuilder::new(Compression::None).producer(producer, 0, sequence);
+            let mut builder = if transactional { builder.transactional() } else { builder };
+            for _ in 0..2 {
+                builder.push(&NewRecord { value: Some(bytes::Bytes::from_static(b"v")), ..NewRecord::default() });
+            }
+            builder.build().unwrap()
+        };
+        assert_eq!(append(&mut live, data(5, 0, true)), 0);
+        assert_eq!(live.last_stable_offset(), 0, "an open transaction holds the LSO at its start");
+        append(&mut live, data(-1, -1, false));
+        assert_eq!(append(&mut live, data(6, 0, true)), 4);
+        assert_eq!(append(&mut live, BatchBuilder::marker(5, 0, false, 0, 1)), 6);
+        assert_eq!(live.last_stable_offset(), 4, "producer 6 is still open");
+        assert_eq!(live.aborted(), &[AbortedTxn { producer_id: 5, first_offset: 0, last_offset: 6 }]);
+        append(&mut live, BatchBuilder::marker(6, 0, true, 0, 1));
+        assert_eq!(live.last_stable_offset(), 8, "nothing open: the LSO is the end");
+        assert_eq!(live.aborted().len(), 1, "a commit is not listed");
+        // A marker from an older epoch is fenced.
+        append(&mut live, BatchBuilder::marker(6, 1, false, 0, 1));
+        let stale = BatchHeader::parse(&BatchBuilder::marker(6, 0, true, 0, 1)).unwrap();
+        assert!(matches!(live.check(&stale), Err(Error::InvalidProducerEpoch { .. })));
+        let rebuilt = Producers::load(dir.path(), &log.reader()).unwrap();
+        assert_eq!(
+            (rebuilt.last_stable_offset(), rebuilt.aborted()),
+            (live.last_stable_offset(), live.aborted()),
+            "the log alone rebuilds the transaction state"
+        );
+        let mut trimmed = rebuilt;
+        trimmed.trim_aborted(7);
+        assert!(trimmed.aborted().is_empty());
+    }
+
+    #[test]
     fn the_state_rebuilt_from_snapshot_plus_log_equals_the_live_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
@@ -327,7 +473,7 @@ mod tests {
             let header = BatchHeader::parse(&bytes).unwrap();
             assert_eq!(live.check(&header).unwrap(), Decision::Append);
             let appended = log.append(&mut bytes).unwrap();
-            live.record(&header, appended.base_offset, appended.last_offset);
+            live.record(&header, appended.base_offset, appended.last_offset, None);
             if i == 25 {
                 live.save(dir.path(), true);
             }

@@ -5,14 +5,17 @@
 //! and the request's `max_bytes`. Nothing past the high watermark (committed and applied) is
 //! returned. When fewer than `min_bytes` are ready, the request waits up to `max_wait_ms` for an
 //! apply on any of its partitions. Fetch sessions (KIP-227) are not kept: session id 0 tells the
-//! client to send full requests. Without transactions the last stable offset is the high
-//! watermark, so `read_committed` reads the same records.
+//! client to send full requests. `read_committed` reads stop at the last stable offset (the
+//! first offset of the oldest open transaction) and come with the aborted transactions they
+//! overlap, which the client skips.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, LeaderIdAndEpoch, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use kafka_protocol::ResponseError;
 use log_store::{LogReader, Offset};
 use tokio::sync::watch;
@@ -108,8 +111,15 @@ fn read_all(
         // return a batch past it. Read it first, then cut what was read at it.
         let high_watermark = reader.next_offset().0 as i64;
         let log_start = reader.log_start_offset().0 as i64;
+        let topic = &body.topics[slot.topic].topic.0;
+        let (stable, aborted) = match broker.cluster.transactions(topic, slot.partition as u32) {
+            Ok((stable, aborted)) => ((stable as i64).min(high_watermark), Some(aborted)),
+            Err(_) => (high_watermark, None),
+        };
+        let read_committed = body.isolation_level == 1;
+        let end = if read_committed { stable } else { high_watermark };
         answer.high_watermark = high_watermark;
-        answer.last_stable_offset = high_watermark;
+        answer.last_stable_offset = stable;
         answer.log_start_offset = log_start;
         if slot.fetch_offset < log_start || slot.fetch_offset > high_watermark {
             answer.error_code = ResponseError::OffsetOutOfRange.code();
@@ -119,14 +129,30 @@ fn read_all(
         }
         answer.error_code = 0;
         let room = slot.partition_max_bytes.min(max_bytes.saturating_sub(total));
-        if slot.fetch_offset == high_watermark || (room == 0 && total > 0) {
+        if slot.fetch_offset >= end || (room == 0 && total > 0) {
             answer.records = Some(Bytes::new());
             continue;
         }
         match reader.read(Offset(slot.fetch_offset as u64), room.max(1)) {
             Ok(batches) => {
-                let batches = below(batches, high_watermark);
+                let batches = below(batches, end);
                 total += batches.len();
+                if read_committed {
+                    let upto = last_offset_of(&batches).unwrap_or(slot.fetch_offset);
+                    let overlapping = aborted
+                        .iter()
+                        .flat_map(|list| list.iter())
+                        .filter(|a| a.last_offset as i64 >= slot.fetch_offset && a.first_offset as i64 <= upto);
+                    answer.aborted_transactions = Some(
+                        overlapping
+                            .map(|a| {
+                                AbortedTransaction::default()
+                                    .with_producer_id(ProducerId(a.producer_id))
+                                    .with_first_offset(a.first_offset as i64)
+                            })
+                            .collect(),
+                    );
+                }
                 answer.records = Some(batches);
             }
             Err(error) => {
@@ -140,6 +166,11 @@ fn read_all(
 }
 
 /// The whole batches of `batches` that start below `end`.
+/// The last offset of the last whole batch in `batches`.
+fn last_offset_of(batches: &Bytes) -> Option<i64> {
+    log_store::batch::batches(batches.clone()).filter_map(|b| b.ok()).last().map(|b| b.header().last_offset().0 as i64)
+}
+
 fn below(batches: Bytes, end: i64) -> Bytes {
     let mut cut = 0usize;
     while batches.len() >= cut + 12 {

@@ -30,6 +30,8 @@ pub struct BatchBuilder {
     count: i32,
     base_timestamp: Option<i64>,
     max_timestamp: i64,
+    /// Extra attribute bits: transactional, control.
+    flags: i16,
 }
 
 impl BatchBuilder {
@@ -44,6 +46,7 @@ impl BatchBuilder {
             count: 0,
             base_timestamp: None,
             max_timestamp: -1,
+            flags: 0,
         }
     }
 
@@ -53,6 +56,36 @@ impl BatchBuilder {
         self.producer_epoch = producer_epoch;
         self.base_sequence = base_sequence;
         self
+    }
+
+    /// Marks the batch as part of a transaction of its producer.
+    pub fn transactional(mut self) -> BatchBuilder {
+        self.flags |= super::TRANSACTIONAL_BIT;
+        self
+    }
+
+    /// A control batch: one transaction marker (`commit` or abort) of a transactional producer,
+    /// written by its transaction coordinator (`coordinator_epoch`) at `timestamp`.
+    pub fn marker(
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        timestamp: i64,
+    ) -> Vec<u8> {
+        let mut builder = BatchBuilder::new(Compression::None).producer(producer_id, producer_epoch, -1);
+        builder.flags = super::TRANSACTIONAL_BIT | super::CONTROL_BIT;
+        let mut key = vec![0u8, 0];
+        key.extend_from_slice(&i16::from(commit).to_be_bytes());
+        let mut value = vec![0u8, 0];
+        value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+        builder.push(&NewRecord {
+            key: Some(Bytes::from(key)),
+            value: Some(Bytes::from(value)),
+            headers: vec![],
+            timestamp,
+        });
+        builder.build().expect("an uncompressed marker always builds")
     }
 
     /// Adds a record; its offset is the next one in the batch.
@@ -95,7 +128,7 @@ impl BatchBuilder {
             partition_leader_epoch: -1,
             magic: super::MAGIC_V2,
             crc: 0,
-            attributes: attributes_with_compression(0, self.compression),
+            attributes: attributes_with_compression(self.flags, self.compression),
             last_offset_delta: (self.count - 1).max(0),
             base_timestamp: self.base_timestamp.unwrap_or(-1),
             max_timestamp: self.max_timestamp,
