@@ -157,6 +157,10 @@ impl Producers {
                 current: entry.epoch,
             });
         }
+        if first < 0 {
+            // No sequence (a coordinator's own transactional write): nothing to deduplicate.
+            return Ok(Decision::Append);
+        }
         if header.producer_epoch > entry.epoch {
             // A bumped epoch restarts the sequence.
             return if first == 0 {
@@ -203,6 +207,14 @@ impl Producers {
         }
         if header.is_transactional() {
             self.ongoing.entry(header.producer_id).or_insert(base.0);
+        }
+        if header.base_sequence < 0 {
+            let entry = self
+                .producers
+                .entry(header.producer_id)
+                .or_insert_with(|| ProducerEntry { epoch: header.producer_epoch, batches: VecDeque::new() });
+            entry.epoch = entry.epoch.max(header.producer_epoch);
+            return;
         }
         let batch = SequencedBatch {
             first_sequence: header.base_sequence,

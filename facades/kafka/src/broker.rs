@@ -23,6 +23,8 @@ pub(crate) struct Broker {
     pub producer_ids: crate::init_producer_id::ProducerIdBlock,
     /// The consumer groups this node coordinates.
     pub coordinator: crate::groups::Coordinator,
+    /// The transactions this node coordinates.
+    pub transactions: crate::transactions::TxnCoordinator,
     /// Users and mechanisms when SASL is on.
     pub authenticator: Option<crate::sasl::Authenticator>,
 }
@@ -40,10 +42,18 @@ pub async fn serve(
 ) {
     let coordinator = crate::groups::Coordinator::new(config.group_settings());
     let authenticator = config.sasl.as_ref().map(crate::sasl::Authenticator::new);
-    let broker =
-        Arc::new(Broker { cluster, admin, config, producer_ids: Default::default(), coordinator, authenticator });
+    let broker = Arc::new(Broker {
+        cluster,
+        admin,
+        config,
+        producer_ids: Default::default(),
+        coordinator,
+        transactions: Default::default(),
+        authenticator,
+    });
     let connection_stop = stop.clone();
     tokio::spawn(crate::groups::run_timers(broker.clone(), stop.clone()));
+    tokio::spawn(crate::transactions::run_timers(broker.clone(), stop.clone()));
     info!(listen = ?listener.local_addr().ok(), advertised = %broker.config.advertised_address, "kafka listener ready");
     loop {
         tokio::select! {
@@ -96,6 +106,10 @@ pub(crate) async fn handle(broker: &Broker, mut request: Request) -> Reply {
         ApiKey::DeleteGroups => crate::groups::membership::delete_groups(broker, &mut request).await,
         ApiKey::OffsetCommit => crate::groups::offsets::offset_commit(broker, &mut request).await,
         ApiKey::OffsetFetch => crate::groups::offsets::offset_fetch(broker, &mut request).await,
+        ApiKey::TxnOffsetCommit => crate::groups::offsets::txn_offset_commit(broker, &mut request).await,
+        ApiKey::AddPartitionsToTxn => crate::transactions::api::add_partitions_to_txn(broker, &mut request).await,
+        ApiKey::AddOffsetsToTxn => crate::transactions::api::add_offsets_to_txn(broker, &mut request).await,
+        ApiKey::EndTxn => crate::transactions::api::end_txn(broker, &mut request).await,
         other => Err(Malformed::new(format!("{other:?} is not served"))),
     }
 }

@@ -98,6 +98,18 @@ fn valid_body(api_key: ApiKey, version: i16) -> Bytes {
         ApiKey::DescribeGroups => put!(DescribeGroupsRequest::default().with_groups(vec![group()])),
         ApiKey::ListGroups => put!(ListGroupsRequest::default()),
         ApiKey::DeleteGroups => put!(DeleteGroupsRequest::default().with_groups_names(vec![group()])),
+        ApiKey::AddPartitionsToTxn => put!(AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str("t")))
+            .with_v3_and_below_topics(vec![add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                .with_name(name())
+                .with_partitions(vec![0, 1])])),
+        ApiKey::AddOffsetsToTxn => put!(AddOffsetsToTxnRequest::default().with_group_id(group())),
+        ApiKey::TxnOffsetCommit => put!(TxnOffsetCommitRequest::default().with_group_id(group()).with_topics(vec![
+            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                .with_name(name())
+                .with_partitions(vec![Default::default()])
+        ])),
+        ApiKey::EndTxn => put!(EndTxnRequest::default().with_committed(true)),
         _ => {}
     }
     buf.freeze()

@@ -1,8 +1,8 @@
 //! FindCoordinator (v0–4): which broker coordinates a consumer group — the leader of the
-//! group's partition of `__consumer_offsets`, created on first use (compacted, like Kafka's).
+//! group's partition of `__consumer_offsets`, created on first use (compacted, like Kafka's) —
+//! or a transactional id (the leader of its partition of `__transaction_state`).
 //!
-//! Transaction coordinators (key type 1) are not served: transactions are not supported yet,
-//! so the answer is COORDINATOR_NOT_AVAILABLE with a message saying so.
+//! Key type 1 finds a transaction coordinator the same way, on `__transaction_state`.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -13,7 +13,8 @@ use tracing::info;
 
 use crate::broker::{host_and_port, Broker, ENDPOINT};
 use crate::connection::{encode, Reply, Request};
-use crate::groups::records::{self, OFFSETS_TOPIC};
+use crate::groups::records::OFFSETS_TOPIC;
+use crate::transactions::TRANSACTION_TOPIC;
 
 /// Segment size of the offsets topic (Kafka's `offsets.topic.segment.bytes`).
 const OFFSETS_SEGMENT_BYTES: u64 = 100 << 20;
@@ -70,23 +71,25 @@ fn text(value: impl Into<String>) -> StrBytes {
 
 async fn find(broker: &Broker, key: &str, key_type: i8) -> Found {
     let unavailable = |message: &str| Err((ResponseError::CoordinatorNotAvailable, message.to_string()));
-    if key_type != 0 {
-        return unavailable("transactions are not supported by this broker");
-    }
-    if key.is_empty() {
-        return Err((ResponseError::InvalidGroupId, "the group id is empty".into()));
-    }
-    let partitions = broker.cluster.with_catalog(|c| c.topics.get(OFFSETS_TOPIC).map(|t| t.partitions.len() as u32));
-    let Some(partitions) = partitions else {
-        create_offsets_topic(broker).await;
-        return unavailable("the offsets topic is being created");
+    let topic = match key_type {
+        0 => OFFSETS_TOPIC,
+        1 => TRANSACTION_TOPIC,
+        other => return Err((ResponseError::InvalidRequest, format!("coordinator key type {other}"))),
     };
-    let partition = records::partition_for(key, partitions);
-    let leader = broker.cluster.with_catalog(|c| {
-        c.partition(OFFSETS_TOPIC, partition).ok().map(|info| broker.leader_view(OFFSETS_TOPIC, info).leader_id)
-    });
+    if key.is_empty() {
+        return Err((ResponseError::InvalidRequest, "the coordinator key is empty".into()));
+    }
+    let partitions = broker.cluster.with_catalog(|c| c.topics.get(topic).map(|t| t.partitions.len() as u32));
+    let Some(partitions) = partitions else {
+        create_internal_topic(broker, topic).await;
+        return unavailable("the coordinator's internal topic is being created");
+    };
+    let partition = crate::shards::partition_for(key, partitions);
+    let leader = broker
+        .cluster
+        .with_catalog(|c| c.partition(topic, partition).ok().map(|info| broker.leader_view(topic, info).leader_id));
     let Some(leader) = leader.filter(|id| *id >= 0) else {
-        return unavailable("the group's offsets partition has no leader right now");
+        return unavailable("the coordinator's partition has no leader right now");
     };
     let endpoint = broker
         .cluster
@@ -97,13 +100,14 @@ async fn find(broker: &Broker, key: &str, key_type: i8) -> Found {
     }
 }
 
-async fn create_offsets_topic(broker: &Broker) {
+/// Creates `__consumer_offsets` or `__transaction_state` (compacted, like Kafka's).
+async fn create_internal_topic(broker: &Broker, topic: &str) {
     let config = TopicConfig { compacted: true, segment_bytes: Some(OFFSETS_SEGMENT_BYTES), ..TopicConfig::default() };
     let partitions = broker.config.offsets_topic_partitions;
     let replication_factor = broker.config.offsets_topic_replication_factor;
-    match crate::admin::create(broker, OFFSETS_TOPIC, partitions, replication_factor, config).await {
-        Ok(_) => info!(partitions, "created the consumer offsets topic"),
+    match crate::admin::create(broker, topic, partitions, replication_factor, config).await {
+        Ok(_) => info!(topic, partitions, "created an internal topic"),
         Err(ResponseError::TopicAlreadyExists) => {}
-        Err(error) => tracing::warn!(%error, "cannot create the consumer offsets topic"),
+        Err(error) => tracing::warn!(topic, %error, "cannot create an internal topic"),
     }
 }

@@ -1,4 +1,5 @@
-//! InitProducerId for idempotent producers: a producer id no other producer in the cluster gets.
+//! InitProducerId for idempotent producers: a producer id no other producer in the cluster gets
+//! (transactional ids go to the transaction coordinator, `transactions::api`).
 //!
 //! Ids come from the catalog in blocks (`AllocateProducerIds` through the metadata group), so a
 //! node asks the metadata leader once per [`BLOCK`] producers. Deduplication itself is
@@ -27,9 +28,8 @@ pub(crate) async fn handle(broker: &Broker, request: &mut Request) -> Reply {
     let version = request.version;
     let body: InitProducerIdRequest = request.decode()?;
     let mut response = InitProducerIdResponse::default().with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
-    if body.transactional_id.is_some() {
-        // Transactions are not served yet (ApiVersions lists no transaction API).
-        response.error_code = ResponseError::InvalidRequest.code();
+    if let Some(id) = &body.transactional_id {
+        let response = crate::transactions::api::init_producer_id(broker, &id.0, &body).await;
         return encode(&response, version);
     }
     match next_producer_id(broker).await {
@@ -42,7 +42,7 @@ pub(crate) async fn handle(broker: &Broker, request: &mut Request) -> Reply {
     encode(&response, version)
 }
 
-async fn next_producer_id(broker: &Broker) -> Result<i64, ResponseError> {
+pub(crate) async fn next_producer_id(broker: &Broker) -> Result<i64, ResponseError> {
     let mut block = broker.producer_ids.0.lock().await;
     if block.is_empty() {
         let first = if broker.cluster.metadata_leader() == Some(broker.cluster.node_id()) {

@@ -24,6 +24,8 @@ mod offset_for_leader_epoch;
 mod produce;
 mod sasl;
 mod sasl_gate;
+mod shards;
+mod transactions;
 mod versions;
 
 pub use broker::serve;

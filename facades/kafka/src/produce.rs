@@ -64,8 +64,6 @@ pub(crate) fn start(broker: &Arc<Broker>, mut request: Request) -> Pin<Box<dyn F
             partitions.push(PartitionProduceResponse::default().with_index(partition.index));
             let outcome = if !matches!(acks, -1..=1) {
                 Started::Refused(ResponseError::InvalidRequiredAcks, format!("acks {acks}"))
-            } else if body.transactional_id.is_some() {
-                Started::Refused(ResponseError::InvalidRequest, "transactions are not supported yet".into())
             } else {
                 match in_sync_shortfall(broker, &name, partition.index, min_insync) {
                     Some(in_sync) => {
@@ -154,8 +152,11 @@ fn propose(broker: &Broker, topic: &str, partition: i32, records: Option<Bytes>)
         if header.is_control() {
             return Started::Refused(ResponseError::InvalidRecord, "clients may not write control batches".into());
         }
-        if header.is_transactional() {
-            return Started::Refused(ResponseError::InvalidRequest, "transactions are not supported yet".into());
+        if header.is_transactional() && header.producer_id < 0 {
+            return Started::Refused(
+                ResponseError::InvalidRecord,
+                "a transactional batch without a producer id".into(),
+            );
         }
     }
     match broker.cluster.start_append(topic, index, records.to_vec()) {

@@ -129,6 +129,14 @@ async fn sasl_plain_and_scram_let_the_right_users_in_and_no_one_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_commit_abort_fence_and_time_out_as_read_committed_consumers_expect() {
+    let cluster = kafka_cluster(3).await;
+    let mut command = script("transactions.py");
+    command.args([cluster.kafka_bootstrap().as_str(), "txn"]);
+    eprintln!("transactions.py: {}", run(command, "transactions.py"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_clients_grow_topics_and_config_changes_take_effect() {
     let cluster = kafka_cluster(3).await;
     let mut command = script("admin.py");

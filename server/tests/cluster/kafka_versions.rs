@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
@@ -25,6 +26,9 @@ use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, Of
 use kafka_protocol::messages::offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::txn_offset_commit_request::{
+    TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
@@ -78,6 +82,8 @@ async fn every_advertised_version_of_every_api_is_answered() {
     let mut producer_ids = Vec::new();
     // JoinGroup version → (member id, generation) of the one member of group "join-v{version}".
     let mut joined: BTreeMap<i16, (StrBytes, i32)> = BTreeMap::new();
+    // AddPartitionsToTxn version → (producer id, epoch) of transactional id "txn-v{version}".
+    let mut transactions: BTreeMap<i16, (i64, i16)> = BTreeMap::new();
     for advertised in &versions.api_keys {
         let api_key = ApiKey::try_from(advertised.api_key).unwrap();
         for version in advertised.min_version..=advertised.max_version {
@@ -240,6 +246,81 @@ async fn every_advertised_version_of_every_api_is_answered() {
                         decode(call(s, api_key, version, id, &DescribeClusterRequest::default()), api_key, version);
                     assert_eq!((r.error_code, r.brokers.len(), r.controller_id.0), (0, 1, 1), "v{version}");
                     assert!(!r.cluster_id.is_empty(), "v{version}");
+                }
+                ApiKey::AddPartitionsToTxn => {
+                    // A transactional producer per version: find its coordinator (which creates
+                    // __transaction_state), init it, then add a partition.
+                    let txn = format!("txn-v{version}");
+                    let find = FindCoordinatorRequest::default().with_key(text(&txn)).with_key_type(1);
+                    let found = retry_coordinator(|| {
+                        let r: FindCoordinatorResponse =
+                            decode(call(s, ApiKey::FindCoordinator, 3, id, &find), ApiKey::FindCoordinator, 3);
+                        (r.error_code, r.node_id.0)
+                    });
+                    assert_eq!(found, (0, 1));
+                    let init = InitProducerIdRequest::default()
+                        .with_transactional_id(Some(TransactionalId(text(&txn))))
+                        .with_transaction_timeout_ms(60_000);
+                    let mut producer = (0, 0);
+                    let code = retry_coordinator(|| {
+                        let r: InitProducerIdResponse =
+                            decode(call(s, ApiKey::InitProducerId, 4, id, &init), ApiKey::InitProducerId, 4);
+                        producer = (r.producer_id.0, r.producer_epoch);
+                        (r.error_code, 0)
+                    });
+                    assert_eq!(code.0, 0, "v{version}: InitProducerId with a transactional id");
+                    transactions.insert(version, producer);
+                    let topic = AddPartitionsToTxnTopic::default().with_name(name(TOPIC)).with_partitions(vec![0]);
+                    let request = AddPartitionsToTxnRequest::default()
+                        .with_v3_and_below_transactional_id(TransactionalId(text(&txn)))
+                        .with_v3_and_below_producer_id(ProducerId(producer.0))
+                        .with_v3_and_below_producer_epoch(producer.1)
+                        .with_v3_and_below_topics(vec![topic]);
+                    let r: AddPartitionsToTxnResponse =
+                        decode(call(s, api_key, version, id, &request), api_key, version);
+                    let result = &r.results_by_topic_v3_and_below[0].results_by_partition[0];
+                    assert_eq!(result.partition_error_code, 0, "v{version}");
+                }
+                ApiKey::AddOffsetsToTxn => {
+                    let (producer_id, epoch) = transactions[&version];
+                    let request = AddOffsetsToTxnRequest::default()
+                        .with_transactional_id(TransactionalId(text(&format!("txn-v{version}"))))
+                        .with_producer_id(ProducerId(producer_id))
+                        .with_producer_epoch(epoch)
+                        .with_group_id(GroupId(text("txn-group")));
+                    let r: AddOffsetsToTxnResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!(r.error_code, 0, "v{version}");
+                }
+                ApiKey::TxnOffsetCommit => {
+                    let (producer_id, epoch) = transactions[&version];
+                    let partition =
+                        TxnOffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(1);
+                    let topic =
+                        TxnOffsetCommitRequestTopic::default().with_name(name(TOPIC)).with_partitions(vec![partition]);
+                    let request = TxnOffsetCommitRequest::default()
+                        .with_transactional_id(TransactionalId(text(&format!("txn-v{version}"))))
+                        .with_group_id(GroupId(text("txn-group")))
+                        .with_producer_id(ProducerId(producer_id))
+                        .with_producer_epoch(epoch)
+                        .with_generation_id(-1)
+                        .with_topics(vec![topic]);
+                    let r: TxnOffsetCommitResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "v{version}");
+                }
+                ApiKey::EndTxn => {
+                    let (producer_id, epoch) = transactions[&version];
+                    let request = EndTxnRequest::default()
+                        .with_transactional_id(TransactionalId(text(&format!("txn-v{version}"))))
+                        .with_producer_id(ProducerId(producer_id))
+                        .with_producer_epoch(epoch)
+                        .with_committed(version % 2 == 0);
+                    let r: EndTxnResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    let again: EndTxnResponse = decode(call(s, api_key, version, id, &request), api_key, version);
+                    assert_eq!(again.error_code, 0, "v{version}: a retried EndTxn succeeds");
+                    let wrong = request.with_committed(version % 2 != 0);
+                    let r: EndTxnResponse = decode(call(s, api_key, version, id, &wrong), api_key, version);
+                    assert_eq!(r.error_code, 48, "v{version}: INVALID_TXN_STATE for the other outcome");
                 }
                 ApiKey::SaslHandshake | ApiKey::SaslAuthenticate => {
                     // This listener has no SASL: the answer refuses, then the connection closes
@@ -421,6 +502,16 @@ async fn every_advertised_version_of_every_api_is_answered() {
         }
     }
     assert!(answered >= 40, "only {answered} API versions were tried");
+    // Transaction markers took offsets too: continue from the log's end.
+    let produced = {
+        let partition = ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1);
+        let topic = ListOffsetsTopic::default().with_name(name(TOPIC)).with_partitions(vec![partition]);
+        let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![topic]);
+        let r: ListOffsetsResponse =
+            decode(call(&mut stream, ApiKey::ListOffsets, 7, 799, &request), ApiKey::ListOffsets, 7);
+        assert!(r.topics[0].partitions[0].offset >= produced);
+        r.topics[0].partitions[0].offset
+    };
 
     // At the end of the log, min_bytes 0 answers at once (the read times out after 20 s,
     // before the 30 s wait would end); min_bytes 1 waits out max_wait_ms and answers empty.

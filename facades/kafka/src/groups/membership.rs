@@ -59,7 +59,7 @@ pub(crate) async fn join_group(broker: &Broker, request: &mut Request) -> Reply 
         .with_group(broker, &group_id, true, |state, context| {
             let state = state.expect("created on demand");
             let outcome = state.group.join(join, &settings, Instant::now());
-            context.persist_membership(state);
+            super::persist_membership(context, state);
             outcome
         })
         .await;
@@ -120,7 +120,7 @@ pub(crate) async fn sync_group(broker: &Broker, request: &mut Request) -> Reply 
                     assignments,
                     Instant::now(),
                 );
-                context.persist_membership(state);
+                super::persist_membership(context, state);
                 outcome
             }
         })
@@ -186,7 +186,7 @@ pub(crate) async fn leave_group(broker: &Broker, request: &mut Request) -> Reply
                 .iter()
                 .map(|(id, instance)| state.group.leave(id, instance.as_deref(), &settings, now))
                 .collect();
-            context.persist_membership(state);
+            super::persist_membership(context, state);
             results
         })
         .await;
@@ -296,7 +296,7 @@ pub(crate) async fn delete_groups(broker: &Broker, request: &mut Request) -> Rep
                     let key = RecordKey::Offset { group: id.clone(), topic: topic.clone(), partition: *partition };
                     tombstones.push((key, None));
                 }
-                Ok(context.write(&tombstones).0)
+                Ok(context.write(super::records::batch(&tombstones)).0)
             })
             .await
             .and_then(|started| started);

@@ -3,7 +3,8 @@
 //! compacted topic, so the latest value per key is what survives.
 //!
 //! Keys and values are JSON (not Kafka's binary schemas: no tool reads this topic but the
-//! coordinator). A null value is a tombstone: a deleted offset or group.
+//! coordinator). A null value is a tombstone: a deleted offset or group. Offsets committed in a
+//! transaction are the same records in a transactional batch of the producer.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,9 +23,6 @@ pub(crate) enum RecordKey {
     Offset { group: String, topic: String, partition: i32 },
     /// A group's membership.
     Group { group: String },
-    /// Written (as a tombstone) by a new coordinator before it loads the partition: once it is
-    /// committed, everything before it is applied and readable.
-    Barrier,
 }
 
 /// A committed offset.
@@ -96,6 +94,22 @@ pub(crate) fn batch(entries: &[Entry]) -> Vec<u8> {
     builder.build().expect("records build into a batch")
 }
 
+/// The same records as a transactional batch of a producer (TxnOffsetCommit): no sequence, as
+/// the coordinator writes it, not the producer.
+pub(crate) fn transactional_batch(entries: &[Entry], producer_id: i64, epoch: i16) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(Compression::None).producer(producer_id, epoch, -1).transactional();
+    let timestamp = now_ms();
+    for (key, value) in entries {
+        builder.push(&NewRecord {
+            key: Some(Bytes::from(serde_json::to_vec(key).expect("serialisable"))),
+            value: value.clone().map(Bytes::from),
+            headers: Vec::new(),
+            timestamp,
+        });
+    }
+    builder.build().expect("records build into a batch")
+}
+
 /// A stored record decoded; `None` for records this version does not understand (skipped).
 pub(crate) fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<Decoded> {
     let key: RecordKey = serde_json::from_slice(key?).ok()?;
@@ -114,7 +128,6 @@ pub(crate) fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<Decoded
             };
             Decoded::Group { group, value }
         }
-        RecordKey::Barrier => Decoded::Barrier,
     })
 }
 
@@ -122,16 +135,6 @@ pub(crate) fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<Decoded
 pub(crate) enum Decoded {
     Offset { group: String, topic: String, partition: i32, value: Option<OffsetValue> },
     Group { group: String, value: Option<GroupValue> },
-    Barrier,
-}
-
-/// Kafka's partition choice for a group: Java's `String.hashCode`, made non-negative, modulo
-/// the partition count.
-pub(crate) fn partition_for(group: &str, partitions: u32) -> u32 {
-    let hash = group.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32));
-    // Kafka's Utils.abs: i32::MIN maps to 0.
-    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
-    positive as u32 % partitions.max(1)
 }
 
 #[cfg(test)]
@@ -140,21 +143,9 @@ mod tests {
     use log_store::batch::Batch;
 
     #[test]
-    fn groups_land_on_the_partition_kafka_would_pick() {
-        // "my-group".hashCode() == 1_483_498_966 in Java (hash of 8 UTF-16 units).
-        let java = "my-group".encode_utf16().fold(0i32, |h, u| h.wrapping_mul(31).wrapping_add(u as i32));
-        assert_eq!(partition_for("my-group", 50), (java.unsigned_abs() % 50));
-        assert!(partition_for("", 10) < 10);
-    }
-
-    #[test]
     fn records_round_trip_through_a_batch() {
         let offset = OffsetValue { offset: 42, leader_epoch: 3, metadata: Some("m".into()), commit_timestamp: 1 };
-        let entries = vec![
-            offset_entry("g", "t", 1, &offset),
-            (RecordKey::Group { group: "g".into() }, None),
-            (RecordKey::Barrier, None),
-        ];
+        let entries = vec![offset_entry("g", "t", 1, &offset), (RecordKey::Group { group: "g".into() }, None)];
         let batch = Batch::new(Bytes::from(batch(&entries))).unwrap();
         let decoded: Vec<Decoded> = batch
             .records(1 << 20)
@@ -164,6 +155,5 @@ mod tests {
             .collect();
         assert!(matches!(&decoded[0], Decoded::Offset { value: Some(v), partition: 1, .. } if *v == offset));
         assert!(matches!(&decoded[1], Decoded::Group { value: None, .. }));
-        assert!(matches!(&decoded[2], Decoded::Barrier));
     }
 }
