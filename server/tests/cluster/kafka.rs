@@ -149,9 +149,11 @@ async fn consumer_groups_rebalance_around_killed_members_and_offsets_survive_coo
     let mut cluster = kafka_cluster(3).await;
     let bootstrap = cluster.kafka_bootstrap();
     let mut coordinator = 0;
-    for (topic, group, strategy, kind) in
-        [("groups-a", "group-a", "cooperative-sticky", "dynamic"), ("groups-b", "group-b", "roundrobin", "static")]
-    {
+    for (topic, group, strategy, kind) in [
+        ("groups-a", "group-a", "cooperative-sticky", "dynamic"),
+        ("groups-b", "group-b", "roundrobin", "static"),
+        ("groups-c", "group-c", "range", "dynamic"),
+    ] {
         let mut command = script("groups.py");
         command.args(["run", &bootstrap, topic, group, strategy, kind]);
         let output = run(command, &format!("groups.py run {strategy} {kind}"));
