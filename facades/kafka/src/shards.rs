@@ -250,6 +250,22 @@ impl<S: Shard> Shards<S> {
     }
 }
 
+/// Calls `step` every `period` until `stop` turns true (the coordinators' timers).
+pub(crate) async fn every(
+    period: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut step: impl FnMut(),
+) {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => step(),
+            _ = crate::broker::stopping(&mut stop) => return,
+        }
+    }
+}
+
 /// Whole batches from `*from` to the reader's end; advances `*from` past them.
 fn read_from(reader: &LogReader, from: &mut Offset) -> Vec<Batch> {
     let mut out = Vec::new();

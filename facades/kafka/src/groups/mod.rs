@@ -203,20 +203,14 @@ pub(crate) fn persist_membership(context: &mut Context, state: &mut GroupState) 
 
 /// Runs the coordinator's timers until `stop` turns true: session expiry, join deadlines, and
 /// transaction markers reaching the offsets partitions.
-pub(crate) async fn run_timers(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {
-                let settings = broker.coordinator.settings;
-                let now = Instant::now();
-                broker.coordinator.shards.tick(&broker, |_, state, context| {
-                    state.group.tick(&settings, now);
-                    persist_membership(context, state);
-                });
-            }
-            _ = crate::broker::stopping(&mut stop) => return,
-        }
-    }
+pub(crate) async fn run_timers(broker: Arc<Broker>, stop: watch::Receiver<bool>) {
+    crate::shards::every(TICK, stop, || {
+        let settings = broker.coordinator.settings;
+        let now = Instant::now();
+        broker.coordinator.shards.tick(&broker, |_, state, context| {
+            state.group.tick(&settings, now);
+            persist_membership(context, state);
+        });
+    })
+    .await
 }

@@ -199,6 +199,11 @@ fn apply_commits(state: &mut GroupState, written: &[(String, i32, OffsetValue)],
     }
 }
 
+/// What OffsetFetch answers for a partition without a committed offset.
+fn no_offset() -> OffsetValue {
+    OffsetValue { offset: -1, leader_epoch: -1, metadata: Some(String::new()), commit_timestamp: -1 }
+}
+
 /// One group's committed offsets for the requested partitions (all when `None`).
 type Fetched = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
 
@@ -265,12 +270,7 @@ pub(crate) async fn offset_fetch(broker: &Broker, request: &mut Request) -> Repl
                             let partitions = partitions
                                 .into_iter()
                                 .map(|(index, value)| {
-                                    let value = value.unwrap_or(OffsetValue {
-                                        offset: -1,
-                                        leader_epoch: -1,
-                                        metadata: Some(String::new()),
-                                        commit_timestamp: -1,
-                                    });
+                                    let value = value.unwrap_or_else(no_offset);
                                     OffsetFetchResponsePartitions::default()
                                         .with_partition_index(index)
                                         .with_committed_offset(value.offset)
@@ -312,12 +312,7 @@ pub(crate) async fn offset_fetch(broker: &Broker, request: &mut Request) -> Repl
             let partitions = partitions
                 .into_iter()
                 .map(|(index, value)| {
-                    let value = value.unwrap_or(OffsetValue {
-                        offset: -1,
-                        leader_epoch: -1,
-                        metadata: Some(String::new()),
-                        commit_timestamp: -1,
-                    });
+                    let value = value.unwrap_or_else(no_offset);
                     let partition = OffsetFetchResponsePartition::default()
                         .with_partition_index(index)
                         .with_committed_offset(value.offset)

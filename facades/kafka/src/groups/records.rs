@@ -81,23 +81,16 @@ pub(crate) fn group_entry(group: &str, value: &GroupValue) -> Entry {
 pub(crate) fn batch(entries: &[Entry]) -> Vec<u8> {
     let size: usize = entries.iter().map(|(_, v)| v.as_ref().map_or(0, Vec::len)).sum();
     let compression = if size > 4096 { Compression::Zstd } else { Compression::None };
-    let mut builder = BatchBuilder::new(compression);
-    let timestamp = now_ms();
-    for (key, value) in entries {
-        builder.push(&NewRecord {
-            key: Some(Bytes::from(serde_json::to_vec(key).expect("serialisable"))),
-            value: value.clone().map(Bytes::from),
-            headers: Vec::new(),
-            timestamp,
-        });
-    }
-    builder.build().expect("records build into a batch")
+    fill(BatchBuilder::new(compression), entries)
 }
 
 /// The same records as a transactional batch of a producer (TxnOffsetCommit): no sequence, as
 /// the coordinator writes it, not the producer.
 pub(crate) fn transactional_batch(entries: &[Entry], producer_id: i64, epoch: i16) -> Vec<u8> {
-    let mut builder = BatchBuilder::new(Compression::None).producer(producer_id, epoch, -1).transactional();
+    fill(BatchBuilder::new(Compression::None).producer(producer_id, epoch, -1).transactional(), entries)
+}
+
+fn fill(mut builder: BatchBuilder, entries: &[Entry]) -> Vec<u8> {
     let timestamp = now_ms();
     for (key, value) in entries {
         builder.push(&NewRecord {

@@ -250,26 +250,20 @@ fn expire(id: &str, state: &mut TxnState, context: &mut Context) -> bool {
 
 /// Runs the coordinator's timer until `stop` turns true: timeouts, and prepared transactions
 /// whose markers are not all written (after a failover, say).
-pub(crate) async fn run_timers(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {
-                let mut due = Vec::new();
-                broker.transactions.shards.tick(&broker, |id, state, context| {
-                    if expire(id, state, context) {
-                        due.push(id.to_string());
-                    }
-                });
-                for id in due {
-                    let broker = broker.clone();
-                    tokio::spawn(async move {
-                        let _ = complete(&broker, &id).await;
-                    });
-                }
+pub(crate) async fn run_timers(broker: Arc<Broker>, stop: watch::Receiver<bool>) {
+    crate::shards::every(TICK, stop, || {
+        let mut due = Vec::new();
+        broker.transactions.shards.tick(&broker, |id, state, context| {
+            if expire(id, state, context) {
+                due.push(id.to_string());
             }
-            _ = crate::broker::stopping(&mut stop) => return,
+        });
+        for id in due {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let _ = complete(&broker, &id).await;
+            });
         }
-    }
+    })
+    .await
 }
