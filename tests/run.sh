@@ -13,6 +13,9 @@
 #   kafka-fixtures
 #            record batches freshly encoded by kafka-python (every codec), decoded and stored
 #            by log-store: tests/fixtures/make_kafka_batches.py + log-store/tests/kafka_client_batches.rs
+#   jepsen   a short Jepsen run: 3 nodes, kill and pause faults, the native workload, 30 s, a
+#            random seed (printed; a failure replays with it); the history and report stay in
+#            target/jepsen/
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -145,6 +148,15 @@ run_suite fmt cargo fmt --all -- --check
 run_suite clippy cargo clippy --workspace --all-targets -- -D warnings
 run_suite test cargo test --workspace
 run_suite kafka-fixtures kafka_fixture_suite
+
+jepsen_suite() {
+    local seed=$((RANDOM * 32768 + RANDOM))
+    cargo build -p robustmq -p jepsen &&
+        "${CARGO_TARGET_DIR:-target}/debug/jepsen" --workload native --nemesis kill,pause --nodes 3 --time-limit 30 \
+            --seed "$seed" --robustmq "${CARGO_TARGET_DIR:-target}/debug/robustmq" \
+            --results "${CARGO_TARGET_DIR:-target}/jepsen/$seed"
+}
+run_suite jepsen jepsen_suite
 
 echo
 echo "Summary:"

@@ -40,10 +40,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cluster::LocalCluster;
 use crate::disk::{self, Pattern};
 use crate::log_store::{build_pool, PooledBatch};
 use crate::report::{json_line, mib_per_s, per_s, round, thousands, Percentiles, Table, Verdict};
+use ::tests::cluster::LocalCluster;
 
 const TOPIC: &str = "bench";
 const PRODUCE_VERSION: i16 = 9;

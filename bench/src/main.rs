@@ -12,10 +12,9 @@
 //!   produce and end-to-end latency at full and half load, and a small-batch keyed workload, on
 //!   one node and on three, against the disk's limit.
 //!
-//! [`report`] holds the shared printing: the human-readable table and percentiles; [`cluster`]
-//! starts node processes.
+//! [`report`] holds the shared printing: the human-readable table and percentiles; node
+//! processes come from the `tests` crate's `cluster`.
 
-mod cluster;
 mod disk;
 mod kafka;
 mod log_store;

@@ -41,10 +41,10 @@ use anyhow::{ensure, Context, Result};
 use client::Client;
 use serde_json::json;
 
-use crate::cluster::LocalCluster;
 use crate::disk;
 use crate::log_store::{append_reference, build_pool, PooledBatch};
 use crate::report::{json_line, mib_per_s, per_s, round, thousands, Percentiles, Table, Verdict};
+use ::tests::cluster::LocalCluster;
 
 /// The topic every phase produces to (partition 0).
 const TOPIC: &str = "bench";

@@ -69,16 +69,38 @@ pub fn record(key: Option<&[u8]>, value: &[u8]) -> NewRecord {
 }
 
 /// A client of one cluster. Cheap to share behind an `Arc`; connections are cached per node.
+///
+/// Produce retries make delivery at-least-once: a batch whose answer was lost (its node died
+/// after the commit) is appended again by the retry. [`Client::idempotent`] makes retries
+/// exactly-once, as Kafka's idempotent producer does.
 pub struct Client {
     bootstrap: Vec<String>,
     channels: Mutex<HashMap<String, Channel>>,
     retry_deadline: Duration,
+    /// With idempotence: the producer id and each partition's next sequence; the partition's
+    /// lock also keeps one produce in flight per partition, so sequences arrive in order.
+    idempotence: Option<tokio::sync::Mutex<Option<Producer>>>,
+}
+
+/// An idempotent producer's identity and sequences.
+struct Producer {
+    id: i64,
+    next_sequence: HashMap<(String, u32), i32>,
 }
 
 impl Client {
     /// A client that reaches the cluster through any of `bootstrap` (`host:port` each).
     pub fn new(bootstrap: Vec<String>) -> Client {
-        Client { bootstrap, channels: Mutex::new(HashMap::new()), retry_deadline: RETRY_DEADLINE }
+        Client { bootstrap, channels: Mutex::new(HashMap::new()), retry_deadline: RETRY_DEADLINE, idempotence: None }
+    }
+
+    /// Makes produce retries exactly-once: batches carry a producer id (allocated by the
+    /// cluster on first use) and per-partition sequence numbers, and the partition stores a
+    /// retried batch only once. Produce calls of this client then run one at a time. After a
+    /// failed produce the client starts over with a new producer id.
+    pub fn idempotent(mut self) -> Client {
+        self.idempotence = Some(tokio::sync::Mutex::new(None));
+        self
     }
 
     /// Sets how long a call keeps retrying transient failures (default 20 s).
@@ -167,12 +189,37 @@ impl Client {
     /// Appends records as one batch; returns the first and last offset they got. Completes
     /// once a majority of replicas hold the batch.
     pub async fn produce(&self, topic: &str, partition: u32, records: &[NewRecord]) -> Result<(u64, u64), Error> {
-        let mut builder = BatchBuilder::new(Compression::None);
+        let Some(idempotence) = &self.idempotence else {
+            let mut builder = BatchBuilder::new(Compression::None);
+            for record in records {
+                builder.push(record);
+            }
+            return self.produce_batch(topic, partition, builder.build()?).await;
+        };
+        let mut producer = idempotence.lock().await;
+        if producer.is_none() {
+            let id = self.allocate_producer_ids(1).await?;
+            *producer = Some(Producer { id, next_sequence: HashMap::new() });
+        }
+        let state = producer.as_mut().expect("set above");
+        let key = (topic.to_string(), partition);
+        let sequence = state.next_sequence.get(&key).copied().unwrap_or(0);
+        let mut builder = BatchBuilder::new(Compression::None).producer(state.id, 0, sequence);
         for record in records {
             builder.push(record);
         }
-        let batch = builder.build()?;
-        self.produce_batch(topic, partition, batch).await
+        match self.produce_batch(topic, partition, builder.build()?).await {
+            Ok(offsets) => {
+                let next = sequence.wrapping_add(records.len() as i32) & i32::MAX;
+                state.next_sequence.insert(key, next);
+                Ok(offsets)
+            }
+            Err(error) => {
+                // The batch may or may not be stored: a new producer id leaves no gap behind.
+                *producer = None;
+                Err(error)
+            }
+        }
     }
 
     /// Appends one already-built RecordBatch v2.

@@ -2,8 +2,10 @@
 //!
 //! * `history` — the run's events (invoke / ok / fail / info), as JSON lines.
 //! * `checker` — the queue checker: lost, duplicated, reordered, skipped, aborted reads.
-//!
-//! The harness that runs clusters under faults and drives workloads builds on these.
+//! * `run` — a cluster of node processes, a workload, a seeded nemesis, the final read.
+//! * `report` — summary text and a timeline page in the results folder.
 
 pub mod checker;
 pub mod history;
+pub mod report;
+pub mod run;

@@ -1,1 +1,4 @@
-//! Cross-crate integration tests that start real nodes. Empty until issue 3.
+//! Shared pieces for the programs that drive real node processes: `cluster` starts, kills,
+//! pauses and restarts `robustmq serve` children on loopback (used by `bench` and `jepsen`).
+
+pub mod cluster;

@@ -1,6 +1,7 @@
-//! Node processes for the benchmarks that need a cluster: `robustmq serve` children on
+//! Node processes for the benchmarks and the Jepsen harness: `robustmq serve` children on
 //! loopback ports, each with its own data directory and log, all killed when the cluster is
-//! dropped (and by `PR_SET_PDEATHSIG` if the bench itself dies).
+//! dropped (and by `PR_SET_PDEATHSIG` if the parent itself dies). Faults: kill -9, pause
+//! (SIGSTOP) and resume, restart.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -15,20 +16,20 @@ use client::Client;
 const WAIT_MAX: Duration = Duration::from_secs(120);
 
 /// One `robustmq serve` process.
-pub(crate) struct Node {
-    pub(crate) id: u64,
-    pub(crate) dir: PathBuf,
-    pub(crate) grpc: String,
-    pub(crate) admin: String,
-    pub(crate) kafka: String,
-    pub(crate) child: Option<Child>,
+pub struct Node {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub grpc: String,
+    pub admin: String,
+    pub kafka: String,
+    pub child: Option<Child>,
     starts: u32,
 }
 
 /// Node processes on loopback, all killed when this is dropped.
-pub(crate) struct LocalCluster {
+pub struct LocalCluster {
     binary: PathBuf,
-    pub(crate) nodes: Vec<Node>,
+    pub nodes: Vec<Node>,
     peers: Vec<String>,
 }
 
@@ -41,7 +42,7 @@ impl LocalCluster {
     ///
     /// Must run on the main thread: `PR_SET_PDEATHSIG` fires when the *thread* that spawned
     /// the child exits.
-    pub(crate) fn start(binary: &Path, root: &Path, size: u64) -> Result<LocalCluster> {
+    pub fn start(binary: &Path, root: &Path, size: u64) -> Result<LocalCluster> {
         let mut nodes = Vec::new();
         for id in 1..=size {
             nodes.push(Node {
@@ -62,13 +63,13 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    pub(crate) fn node(&self, id: u64) -> &Node {
+    pub fn node(&self, id: u64) -> &Node {
         &self.nodes[(id - 1) as usize]
     }
 
     /// Starts (again) node `id` with its data directory and ports; stderr goes to
     /// `nodeN.logK` beside its data directory.
-    pub(crate) fn spawn(&mut self, id: u64) -> Result<()> {
+    pub fn spawn(&mut self, id: u64) -> Result<()> {
         let binary = self.binary.clone();
         let peers = self.peers.clone();
         let node = &mut self.nodes[(id - 1) as usize];
@@ -100,8 +101,21 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Sends `signal` to node `id` if it runs (SIGSTOP to pause, SIGCONT to resume).
+    pub fn signal(&self, id: u64, signal: i32) {
+        if let Some(pid) = self.pid(id) {
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
+    /// Whether node `id` runs (it may be paused).
+    pub fn is_running(&self, id: u64) -> bool {
+        self.node(id).child.is_some()
+    }
+
     /// SIGKILL and reap: no flush, no goodbye.
-    pub(crate) fn kill(&mut self, id: u64) -> Result<()> {
+    pub fn kill(&mut self, id: u64) -> Result<()> {
         let node = &mut self.nodes[(id - 1) as usize];
         if let Some(mut child) = node.child.take() {
             child.kill().with_context(|| format!("killing node {id}"))?;
@@ -110,7 +124,7 @@ impl LocalCluster {
         Ok(())
     }
 
-    pub(crate) fn kill_all(&mut self) {
+    pub fn kill_all(&mut self) {
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
@@ -120,7 +134,7 @@ impl LocalCluster {
     }
 
     /// Fails if a node that should run has exited, naming its log.
-    pub(crate) fn check_alive(&mut self) -> Result<()> {
+    pub fn check_alive(&mut self) -> Result<()> {
         for node in &mut self.nodes {
             if let Some(child) = &mut node.child {
                 if let Some(status) = child.try_wait()? {
@@ -139,12 +153,12 @@ impl LocalCluster {
         Ok(())
     }
 
-    pub(crate) fn pid(&self, id: u64) -> Option<u32> {
+    pub fn pid(&self, id: u64) -> Option<u32> {
         self.node(id).child.as_ref().map(Child::id)
     }
 
     /// A client of every node, `first` (if any) tried first.
-    pub(crate) fn client(&self, first: Option<u64>) -> Client {
+    pub fn client(&self, first: Option<u64>) -> Client {
         let mut addresses: Vec<String> = self.nodes.iter().map(|n| n.grpc.clone()).collect();
         if let Some(first) = first {
             addresses.rotate_left((first - 1) as usize);
@@ -153,12 +167,12 @@ impl LocalCluster {
     }
 
     /// A client of node `id` only, that gives up quickly.
-    pub(crate) fn client_of(&self, id: u64) -> Client {
+    pub fn client_of(&self, id: u64) -> Client {
         Client::new(vec![self.node(id).grpc.clone()]).with_retry_deadline(Duration::from_millis(500))
     }
 
     /// Waits until a metadata leader is known, as seen through any node.
-    pub(crate) async fn wait_ready(&mut self) -> Result<()> {
+    pub async fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + WAIT_MAX;
         let client = self.client(None).with_retry_deadline(Duration::from_secs(1));
         while Instant::now() < deadline {
@@ -174,7 +188,7 @@ impl LocalCluster {
     }
 
     /// The leader of `topic`'s partition 0, confirmed by the leader itself (`except`: not that node).
-    pub(crate) async fn leader(&mut self, topic: &str, except: Option<u64>) -> Result<u64> {
+    pub async fn leader(&mut self, topic: &str, except: Option<u64>) -> Result<u64> {
         let deadline = Instant::now() + WAIT_MAX;
         while Instant::now() < deadline {
             self.check_alive()?;

@@ -1,0 +1,136 @@
+//! The run's report in its results folder: `summary.txt` (operations, faults, every anomaly
+//! with its events, recovery time, the seed and how to replay it) and `timeline.html` (send
+//! latency over time as an SVG scatter plot, fault windows shaded).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::checker::Verdict;
+use crate::history::{Event, Function, Kind};
+use crate::run::Options;
+
+/// One injected fault.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub kind: String,
+    pub node: u64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+/// Writes `summary.txt` and `timeline.html`; returns the summary text.
+pub fn write(
+    dir: &Path,
+    options: &Options,
+    history: &[Event],
+    faults: &[Fault],
+    recovery: Duration,
+    verdict: &Verdict,
+) -> Result<String> {
+    let mut text = String::new();
+    let nemesis: Vec<String> = options.nemesis.iter().map(|n| format!("{n:?}").to_lowercase()).collect();
+    writeln!(
+        text,
+        "workload {} · nemesis {} · {} nodes · {} s · seed {}",
+        options.workload,
+        nemesis.join(","),
+        options.nodes,
+        options.time_limit.as_secs(),
+        options.seed
+    )?;
+    writeln!(
+        text,
+        "operations: {} events; sends ok {} / fail {} / info {}; polled records {}; final read {} records",
+        history.len(),
+        verdict.sends_ok,
+        verdict.sends_failed,
+        verdict.sends_unknown,
+        verdict.polled_records,
+        verdict.final_read_records
+    )?;
+    writeln!(text, "faults: {}", faults.len())?;
+    for fault in faults {
+        writeln!(text, "  {} node {} from {} ms to {} ms", fault.kind, fault.node, fault.start_ms, fault.end_ms)?;
+    }
+    writeln!(text, "recovery after the final heal: {} ms", recovery.as_millis())?;
+    writeln!(text, "liveness: {} acknowledged values were never polled (found by the final read)", verdict.unseen)?;
+    if verdict.valid() {
+        writeln!(text, "valid: no anomaly")?;
+    } else {
+        writeln!(text, "INVALID: {} anomalies {:?}", verdict.anomalies.len(), verdict.counts())?;
+        for anomaly in &verdict.anomalies {
+            writeln!(text, "  {anomaly}")?;
+            for index in &anomaly.events {
+                if let Some(event) = history.get(*index) {
+                    writeln!(text, "    {}", serde_json::to_string(event)?)?;
+                }
+            }
+        }
+        writeln!(
+            text,
+            "replay: cargo run --release -p jepsen -- --workload {} --nemesis {} --nodes {} --time-limit {} --seed {}",
+            options.workload,
+            nemesis.join(","),
+            options.nodes,
+            options.time_limit.as_secs(),
+            options.seed
+        )?;
+    }
+    std::fs::write(dir.join("summary.txt"), &text)?;
+    std::fs::write(dir.join("timeline.html"), timeline(history, faults, options.time_limit))?;
+    Ok(text)
+}
+
+/// Send latencies over time (ok green, info orange, fail red), faults shaded.
+fn timeline(history: &[Event], faults: &[Fault], limit: Duration) -> String {
+    let (width, height) = (1000.0, 400.0);
+    let span = (limit.as_millis() as f64 + 5000.0).max(1.0);
+    let mut invoked = std::collections::HashMap::new();
+    let mut points = String::new();
+    let mut latencies = Vec::new();
+    for event in history.iter().filter(|e| e.f == Function::Send) {
+        let key = (event.process, event.value);
+        if event.kind == Kind::Invoke {
+            invoked.insert(key, event.time_ms);
+        } else if let Some(start) = invoked.remove(&key) {
+            latencies.push((start, event.time_ms.saturating_sub(start).max(1), event.kind));
+        }
+    }
+    let max_latency = latencies.iter().map(|(_, l, _)| *l).max().unwrap_or(1) as f64;
+    let y = |latency: u64| height - 20.0 - (latency as f64).ln() / max_latency.ln().max(1.0) * (height - 40.0);
+    let mut shading = String::new();
+    for fault in faults {
+        let x0 = fault.start_ms as f64 / span * width;
+        let x1 = fault.end_ms as f64 / span * width;
+        let _ = write!(
+            shading,
+            r#"<rect x="{x0:.1}" y="0" width="{:.1}" height="{height}" fill="{}" opacity="0.25"><title>{} node {}</title></rect>"#,
+            (x1 - x0).max(1.0),
+            if fault.kind == "kill" { "#d62728" } else { "#9467bd" },
+            fault.kind,
+            fault.node
+        );
+    }
+    for (start, latency, kind) in latencies {
+        let color = match kind {
+            Kind::Ok => "#2ca02c",
+            Kind::Info => "#ff7f0e",
+            _ => "#d62728",
+        };
+        let _ = write!(
+            points,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="1.5" fill="{color}"/>"#,
+            start as f64 / span * width,
+            y(latency)
+        );
+    }
+    format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>jepsen timeline</title></head><body>
+<h3>Send latency over time (log scale, max {max_latency:.0} ms); shaded: faults (red kill, purple pause)</h3>
+<svg width="{width}" height="{height}" style="border:1px solid #ccc">{shading}{points}</svg>
+</body></html>"#
+    )
+}

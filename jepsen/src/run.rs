@@ -1,0 +1,338 @@
+//! One run: a cluster of real node processes, a workload recording its history, a nemesis
+//! injecting faults on a seeded schedule, then heal, recovery, a final read, the checker and
+//! the report.
+//!
+//! Built so far: the `native` workload (the project's own client: producers of unique values,
+//! one consumer per partition) and the `kill` and `pause` faults, on loopback. Network
+//! partitions (network namespaces), the Kafka and MQTT workloads and disk faults come next.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use client::Client;
+use ::tests::cluster::LocalCluster;
+
+use crate::checker::{self, Verdict};
+use crate::history::{Event, Function, Kind, Read};
+use crate::report::{self, Fault};
+
+const TOPIC: &str = "jepsen";
+const PARTITIONS: u32 = 4;
+const PRODUCERS: u64 = 4;
+/// Longest a single operation may take before it is recorded as `info`.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the cluster may take to serve again after the final heal.
+const RECOVERY_MAX: Duration = Duration::from_secs(60);
+
+/// Fault kinds, Jepsen's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nemesis {
+    Kill,
+    Pause,
+}
+
+impl Nemesis {
+    pub fn parse(name: &str) -> Result<Nemesis> {
+        match name {
+            "kill" => Ok(Nemesis::Kill),
+            "pause" => Ok(Nemesis::Pause),
+            "partition" | "clock" | "membership" | "disk" | "delay" | "loss" => {
+                bail!("nemesis {name:?} is not built yet (kill and pause are)")
+            }
+            other => bail!("unknown nemesis {other:?}"),
+        }
+    }
+}
+
+/// What a run is asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub workload: String,
+    pub nemesis: Vec<Nemesis>,
+    pub nodes: u64,
+    pub time_limit: Duration,
+    pub seed: u64,
+    pub results: PathBuf,
+    pub robustmq: PathBuf,
+}
+
+/// A small deterministic random source (xorshift64*): the schedule replays from the seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound.max(1)
+    }
+}
+
+/// The history being recorded.
+#[derive(Clone)]
+struct Recorder {
+    start: Instant,
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Recorder {
+    fn record(&self, mut event: Event) {
+        event.time_ms = self.start.elapsed().as_millis() as u64;
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        event.index = events.len();
+        events.push(event);
+    }
+}
+
+/// Runs the whole test; returns the checker's verdict (the report is written).
+pub fn run(options: &Options) -> Result<Verdict> {
+    if options.workload != "native" {
+        bail!("workload {:?} is not built yet (native is)", options.workload);
+    }
+    std::fs::create_dir_all(&options.results)?;
+    let data = options.results.join("data");
+    // Nodes are spawned from this thread only (a current-thread runtime), so PR_SET_PDEATHSIG
+    // ties them to the harness's life.
+    let mut cluster = LocalCluster::start(&options.robustmq, &data, options.nodes)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let outcome = runtime.block_on(drive(&mut cluster, options));
+    cluster.kill_all();
+    let (history, faults, recovery) = outcome?;
+    let verdict = checker::check(&history);
+    crate::history::write(&options.results.join("history.jsonl"), &history)?;
+    report::write(&options.results, options, &history, &faults, recovery, &verdict)?;
+    Ok(verdict)
+}
+
+async fn drive(cluster: &mut LocalCluster, options: &Options) -> Result<(Vec<Event>, Vec<Fault>, Duration)> {
+    cluster.wait_ready().await?;
+    let replication = options.nodes.min(3) as u32;
+    cluster.client(None).create_topic(TOPIC, PARTITIONS, replication).await.context("creating the topic")?;
+    for partition in 0..PARTITIONS {
+        wait_writable(&cluster.client(None), partition).await?;
+    }
+    let recorder = Recorder { start: Instant::now(), events: Arc::default() };
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_value = Arc::new(AtomicU64::new(1));
+    let mut tasks = Vec::new();
+    for producer in 0..PRODUCERS {
+        let (client, recorder, stop, next_value) =
+            (cluster.client(None), recorder.clone(), stop.clone(), next_value.clone());
+        let seed = options.seed.wrapping_add(producer);
+        tasks.push(tokio::spawn(produce(client, recorder, stop, next_value, producer, seed)));
+    }
+    for partition in 0..PARTITIONS {
+        let (client, recorder, stop) = (cluster.client(None), recorder.clone(), stop.clone());
+        tasks.push(tokio::spawn(consume(client, recorder, stop, 100 + partition as u64, partition)));
+    }
+
+    let faults = nemesis(cluster, options, recorder.start).await?;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+
+    // Heal (the nemesis already restarted and resumed everything) and measure recovery.
+    let healed = Instant::now();
+    for partition in 0..PARTITIONS {
+        wait_writable(&cluster.client(None), partition).await?;
+    }
+    let recovery = healed.elapsed();
+    let client = cluster.client(None);
+    for partition in 0..PARTITIONS {
+        let reads = read_everything(&client, partition).await?;
+        let mut done = Event::new(900 + partition as u64, Kind::Ok, Function::FinalRead, 0);
+        done.partition = Some(partition);
+        done.reads = reads;
+        recorder.record(done);
+    }
+    let history = std::mem::take(&mut *recorder.events.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok((history, faults, recovery))
+}
+
+/// Waits until a partition has a leader again (the recovery the report measures).
+async fn wait_writable(client: &Client, partition: u32) -> Result<()> {
+    let deadline = Instant::now() + RECOVERY_MAX;
+    loop {
+        if let Ok(topic) = client.describe_topic(TOPIC).await {
+            if topic.partitions.get(partition as usize).and_then(|p| p.leader).is_some() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("partition {partition} has no leader {} s after the heal", RECOVERY_MAX.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn produce(
+    client: Client,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+    next_value: Arc<AtomicU64>,
+    producer: u64,
+    seed: u64,
+) {
+    // Idempotent: the client's own retries must not store a value twice.
+    let client = client.with_retry_deadline(Duration::from_secs(2)).idempotent();
+    let mut rng = Rng::new(seed);
+    let mut process = producer;
+    while !stop.load(Ordering::Relaxed) {
+        let value = next_value.fetch_add(1, Ordering::Relaxed);
+        let partition = rng.below(PARTITIONS as u64) as u32;
+        let mut invoke = Event::new(process, Kind::Invoke, Function::Send, 0);
+        invoke.value = Some(value);
+        invoke.partition = Some(partition);
+        recorder.record(invoke.clone());
+        let record = client::record(None, value.to_string().as_bytes());
+        let outcome = tokio::time::timeout(OPERATION_TIMEOUT, client.produce(TOPIC, partition, &[record])).await;
+        let mut done = invoke;
+        match outcome {
+            Ok(Ok((base, _))) => {
+                done.kind = Kind::Ok;
+                done.offset = Some(base);
+            }
+            // Refused before anything was proposed: certainly not written.
+            Ok(Err(client::Error::Rejected {
+                code: client::Code::InvalidArgument | client::Code::NotFound,
+                message,
+            })) => {
+                done.kind = Kind::Fail;
+                done.error = Some(message);
+            }
+            // Anything else may or may not have been appended.
+            Ok(Err(error)) => {
+                done.kind = Kind::Info;
+                done.error = Some(error.to_string());
+            }
+            Err(_) => {
+                done.kind = Kind::Info;
+                done.error = Some("timed out".into());
+            }
+        }
+        let unknown = done.kind == Kind::Info;
+        recorder.record(done);
+        if unknown {
+            // Jepsen's rule: a process whose operation is indeterminate is retired.
+            process += PRODUCERS * 1000;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn consume(client: Client, recorder: Recorder, stop: Arc<AtomicBool>, process: u64, partition: u32) {
+    let client = client.with_retry_deadline(Duration::from_secs(2));
+    let mut position = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let invoke = Event::new(process, Kind::Invoke, Function::Poll, 0);
+        recorder.record(invoke.clone());
+        let outcome =
+            tokio::time::timeout(OPERATION_TIMEOUT, client.fetch_records(TOPIC, partition, position, 1 << 20, 500))
+                .await;
+        let mut done = invoke;
+        match outcome {
+            Ok(Ok((records, _))) => {
+                done.kind = Kind::Ok;
+                done.reads = records.iter().filter_map(|r| to_read(partition, r)).collect();
+                if let Some(last) = records.last() {
+                    position = last.offset.0 + 1;
+                }
+            }
+            Ok(Err(error)) => {
+                done.kind = Kind::Fail;
+                done.error = Some(error.to_string());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => {
+                done.kind = Kind::Fail;
+                done.error = Some("timed out".into());
+            }
+        }
+        recorder.record(done);
+    }
+}
+
+fn to_read(partition: u32, record: &log_store::batch::Record) -> Option<Read> {
+    let value = std::str::from_utf8(record.value.as_ref()?).ok()?.parse().ok()?;
+    Some(Read { partition, offset: record.offset.0, value })
+}
+
+/// Reads a whole partition from its start to its high watermark.
+async fn read_everything(client: &Client, partition: u32) -> Result<Vec<Read>> {
+    let mut reads = Vec::new();
+    let mut position = 0u64;
+    let deadline = Instant::now() + RECOVERY_MAX;
+    loop {
+        let (records, high_watermark) = match client.fetch_records(TOPIC, partition, position, 4 << 20, 0).await {
+            Ok(answer) => answer,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("jepsen: the final read of partition {partition} retries: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(error) => bail!("final read of partition {partition}: {error}"),
+        };
+        reads.extend(records.iter().filter_map(|r| to_read(partition, r)));
+        if let Some(last) = records.last() {
+            position = last.offset.0 + 1;
+        }
+        if position >= high_watermark || records.is_empty() {
+            return Ok(reads);
+        }
+    }
+}
+
+/// Injects faults until the time limit, then heals everything. Returns the fault windows.
+async fn nemesis(cluster: &mut LocalCluster, options: &Options, start: Instant) -> Result<Vec<Fault>> {
+    let mut rng = Rng::new(options.seed ^ 0x006e_656d_6573_6973);
+    let mut faults = Vec::new();
+    let deadline = start + options.time_limit;
+    let ms = |at: Instant| at.duration_since(start).as_millis() as u64;
+    let mut down: HashSet<u64> = HashSet::new();
+    while Instant::now() < deadline {
+        // Quiet, then one fault on one node for a few seconds, then heal it.
+        tokio::time::sleep(Duration::from_millis(2000 + rng.below(3000))).await;
+        if options.nemesis.is_empty() || Instant::now() >= deadline {
+            continue;
+        }
+        let kind = options.nemesis[rng.below(options.nemesis.len() as u64) as usize];
+        let node = 1 + rng.below(options.nodes);
+        let began = Instant::now();
+        match kind {
+            Nemesis::Kill => {
+                cluster.kill(node)?;
+                down.insert(node);
+            }
+            Nemesis::Pause => cluster.signal(node, libc::SIGSTOP),
+        }
+        tokio::time::sleep(Duration::from_millis(1000 + rng.below(4000))).await;
+        match kind {
+            Nemesis::Kill => {
+                cluster.spawn(node)?;
+                down.remove(&node);
+            }
+            Nemesis::Pause => cluster.signal(node, libc::SIGCONT),
+        }
+        faults.push(Fault {
+            kind: format!("{kind:?}").to_lowercase(),
+            node,
+            start_ms: ms(began),
+            end_ms: ms(Instant::now()),
+        });
+    }
+    for node in down {
+        cluster.spawn(node)?;
+    }
+    Ok(faults)
+}
