@@ -35,6 +35,10 @@ struct Cli {
     /// The node binary (default `robustmq` next to this executable).
     #[arg(long)]
     robustmq: Option<PathBuf>,
+    /// Self-test: a debug-built node acknowledges every N-th produce without appending it;
+    /// the run must then fail with lost writes.
+    #[arg(long, value_name = "N")]
+    inject: Option<u64>,
 }
 
 fn main() {
@@ -69,6 +73,7 @@ fn execute(cli: Cli) -> anyhow::Result<bool> {
         seed,
         results: results.clone(),
         robustmq,
+        inject_drop_every: cli.inject,
     };
     println!("jepsen: seed {seed}, results in {}", results.display());
     let verdict = run::run(&options)?;

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ::tests::cluster::LocalCluster;
 use anyhow::{bail, Context, Result};
 use client::Client;
-use ::tests::cluster::LocalCluster;
 
 use crate::checker::{self, Verdict};
 use crate::history::{Event, Function, Kind, Read};
@@ -58,6 +58,9 @@ pub struct Options {
     pub seed: u64,
     pub results: PathBuf,
     pub robustmq: PathBuf,
+    /// Debug builds of the node only: acknowledge every N-th produce without appending it
+    /// (the harness must then report lost writes).
+    pub inject_drop_every: Option<u64>,
 }
 
 /// A small deterministic random source (xorshift64*): the schedule replays from the seed.
@@ -103,7 +106,12 @@ pub fn run(options: &Options) -> Result<Verdict> {
     let data = options.results.join("data");
     // Nodes are spawned from this thread only (a current-thread runtime), so PR_SET_PDEATHSIG
     // ties them to the harness's life.
-    let mut cluster = LocalCluster::start(&options.robustmq, &data, options.nodes)?;
+    let env: Vec<(String, String)> = options
+        .inject_drop_every
+        .map(|every| ("ROBUSTMQ_INJECT_DROP_EVERY".to_string(), every.to_string()))
+        .into_iter()
+        .collect();
+    let mut cluster = LocalCluster::start_with_env(&options.robustmq, &data, options.nodes, env)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let outcome = runtime.block_on(drive(&mut cluster, options));
     cluster.kill_all();

@@ -297,6 +297,9 @@ impl Broker for BrokerService {
         let message = request.into_inner();
         let started = Instant::now();
         let bytes = message.batch.len() as u64;
+        if let Some(fake) = crate::inject::dropped_append(&self.cluster, &message.topic, message.partition) {
+            return Ok(Response::new(fake));
+        }
         match self.cluster.append(&message.topic, message.partition, message.batch.to_vec()).await {
             Ok((base, last)) => {
                 self.metrics.commit_latency.observe(started.elapsed().as_secs_f64());

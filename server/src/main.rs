@@ -12,6 +12,7 @@ mod admin;
 mod broker;
 mod cli;
 mod config;
+mod inject;
 mod metrics;
 mod node;
 

@@ -31,6 +31,8 @@ pub struct LocalCluster {
     binary: PathBuf,
     pub nodes: Vec<Node>,
     peers: Vec<String>,
+    /// Extra environment of every node process.
+    env: Vec<(String, String)>,
 }
 
 fn free_port() -> Result<u16> {
@@ -43,6 +45,11 @@ impl LocalCluster {
     /// Must run on the main thread: `PR_SET_PDEATHSIG` fires when the *thread* that spawned
     /// the child exits.
     pub fn start(binary: &Path, root: &Path, size: u64) -> Result<LocalCluster> {
+        LocalCluster::start_with_env(binary, root, size, Vec::new())
+    }
+
+    /// As [`LocalCluster::start`], with extra environment variables for every node.
+    pub fn start_with_env(binary: &Path, root: &Path, size: u64, env: Vec<(String, String)>) -> Result<LocalCluster> {
         let mut nodes = Vec::new();
         for id in 1..=size {
             nodes.push(Node {
@@ -56,7 +63,7 @@ impl LocalCluster {
             });
         }
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
-        let mut cluster = LocalCluster { binary: binary.to_path_buf(), nodes, peers };
+        let mut cluster = LocalCluster { binary: binary.to_path_buf(), nodes, peers, env };
         for id in 1..=size {
             cluster.spawn(id)?;
         }
@@ -72,6 +79,7 @@ impl LocalCluster {
     pub fn spawn(&mut self, id: u64) -> Result<()> {
         let binary = self.binary.clone();
         let peers = self.peers.clone();
+        let env = self.env.clone();
         let node = &mut self.nodes[(id - 1) as usize];
         ensure!(node.child.is_none(), "node {id} is running");
         node.starts += 1;
@@ -90,6 +98,7 @@ impl LocalCluster {
         for peer in &peers {
             command.args(["--peer", peer]);
         }
+        command.envs(env);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             command.pre_exec(|| {
