@@ -13,7 +13,8 @@
 #   kafka-fixtures
 #            record batches freshly encoded by kafka-python (every codec), decoded and stored
 #            by log-store: tests/fixtures/make_kafka_batches.py + log-store/tests/kafka_client_batches.rs
-#   jepsen   a short Jepsen run: 3 nodes, kill and pause faults, the native workload, 30 s, a
+#   jepsen   a short Jepsen run: 3 nodes in network namespaces, kill, pause and partition
+#            faults, the native workload, 30 s, a
 #            random seed (printed; a failure replays with it); the history and report stay in
 #            target/jepsen/
 set -euo pipefail
@@ -152,7 +153,7 @@ run_suite kafka-fixtures kafka_fixture_suite
 jepsen_suite() {
     local seed=$((RANDOM * 32768 + RANDOM))
     cargo build -p robustmq -p jepsen &&
-        "${CARGO_TARGET_DIR:-target}/debug/jepsen" --workload native --nemesis kill,pause --nodes 3 --time-limit 30 \
+        "${CARGO_TARGET_DIR:-target}/debug/jepsen" --workload native --nemesis kill,pause,partition --nodes 3 --time-limit 30 \
             --seed "$seed" --robustmq "${CARGO_TARGET_DIR:-target}/debug/robustmq" \
             --results "${CARGO_TARGET_DIR:-target}/jepsen/$seed"
 }

@@ -3,9 +3,11 @@
 //! * `history` — the run's events (invoke / ok / fail / info), as JSON lines.
 //! * `checker` — the queue checker: lost, duplicated, reordered, skipped, aborted reads.
 //! * `run` — a cluster of node processes, a workload, a seeded nemesis, the final read.
+//! * `net` — one network namespace per node, so links between nodes can be cut.
 //! * `report` — summary text and a timeline page in the results folder.
 
 pub mod checker;
 pub mod history;
+pub mod net;
 pub mod report;
 pub mod run;

@@ -17,7 +17,7 @@ struct Cli {
     /// The workload: native (kafka-queue, kafka-txn, mqtt-qos are not built yet).
     #[arg(long, default_value = "native")]
     workload: String,
-    /// Comma-separated fault kinds: kill, pause.
+    /// Comma-separated fault kinds: kill, pause, partition (root: network namespaces).
     #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Node processes.

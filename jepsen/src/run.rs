@@ -3,21 +3,23 @@
 //! the report.
 //!
 //! Built so far: the `native` workload (the project's own client: producers of unique values,
-//! one consumer per partition) and the `kill` and `pause` faults, on loopback. Network
-//! partitions (network namespaces), the Kafka and MQTT workloads and disk faults come next.
+//! one consumer per partition) and the `kill`, `pause` and `partition` faults. With
+//! `partition`, every node runs in a network namespace of its own (`net`); otherwise on
+//! loopback. The Kafka and MQTT workloads, delay/loss, clock and disk faults come next.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ::tests::cluster::LocalCluster;
+use ::tests::cluster::{LocalCluster, Placement};
 use anyhow::{bail, Context, Result};
 use client::Client;
 
 use crate::checker::{self, Verdict};
 use crate::history::{Event, Function, Kind, Read};
+use crate::net::Network;
 use crate::report::{self, Fault};
 
 const TOPIC: &str = "jepsen";
@@ -33,6 +35,7 @@ const RECOVERY_MAX: Duration = Duration::from_secs(60);
 pub enum Nemesis {
     Kill,
     Pause,
+    Partition,
 }
 
 impl Nemesis {
@@ -40,8 +43,9 @@ impl Nemesis {
         match name {
             "kill" => Ok(Nemesis::Kill),
             "pause" => Ok(Nemesis::Pause),
-            "partition" | "clock" | "membership" | "disk" | "delay" | "loss" => {
-                bail!("nemesis {name:?} is not built yet (kill and pause are)")
+            "partition" => Ok(Nemesis::Partition),
+            "clock" | "membership" | "disk" | "delay" | "loss" => {
+                bail!("nemesis {name:?} is not built yet (kill, pause and partition are)")
             }
             other => bail!("unknown nemesis {other:?}"),
         }
@@ -111,10 +115,23 @@ pub fn run(options: &Options) -> Result<Verdict> {
         .map(|every| ("ROBUSTMQ_INJECT_DROP_EVERY".to_string(), every.to_string()))
         .into_iter()
         .collect();
-    let mut cluster = LocalCluster::start_with_env(&options.robustmq, &data, options.nodes, env)?;
+    let mut network = if options.nemesis.contains(&Nemesis::Partition) {
+        if !Network::available() {
+            bail!("the partition nemesis needs root and iproute2 for network namespaces (the proxy fallback is not built)");
+        }
+        Some(Network::create(options.nodes, std::process::id())?)
+    } else {
+        None
+    };
+    let placement = match &network {
+        Some(network) => Placement::Namespaces(network.hosts()),
+        None => Placement::Loopback,
+    };
+    let mut cluster = LocalCluster::start_placed(&options.robustmq, &data, options.nodes, env, &placement)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let outcome = runtime.block_on(drive(&mut cluster, options));
+    let outcome = runtime.block_on(drive(&mut cluster, network.as_mut(), options));
     cluster.kill_all();
+    drop(network);
     let (history, faults, recovery) = outcome?;
     let verdict = checker::check(&history);
     crate::history::write(&options.results.join("history.jsonl"), &history)?;
@@ -122,7 +139,11 @@ pub fn run(options: &Options) -> Result<Verdict> {
     Ok(verdict)
 }
 
-async fn drive(cluster: &mut LocalCluster, options: &Options) -> Result<(Vec<Event>, Vec<Fault>, Duration)> {
+async fn drive(
+    cluster: &mut LocalCluster,
+    network: Option<&mut Network>,
+    options: &Options,
+) -> Result<(Vec<Event>, Vec<Fault>, Duration)> {
     cluster.wait_ready().await?;
     let replication = options.nodes.min(3) as u32;
     cluster.client(None).create_topic(TOPIC, PARTITIONS, replication).await.context("creating the topic")?;
@@ -144,7 +165,7 @@ async fn drive(cluster: &mut LocalCluster, options: &Options) -> Result<(Vec<Eve
         tasks.push(tokio::spawn(consume(client, recorder, stop, 100 + partition as u64, partition)));
     }
 
-    let faults = nemesis(cluster, options, recorder.start).await?;
+    let faults = nemesis(cluster, network, options, recorder.start).await?;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
@@ -302,7 +323,12 @@ async fn read_everything(client: &Client, partition: u32) -> Result<Vec<Read>> {
 }
 
 /// Injects faults until the time limit, then heals everything. Returns the fault windows.
-async fn nemesis(cluster: &mut LocalCluster, options: &Options, start: Instant) -> Result<Vec<Fault>> {
+async fn nemesis(
+    cluster: &mut LocalCluster,
+    mut network: Option<&mut Network>,
+    options: &Options,
+    start: Instant,
+) -> Result<Vec<Fault>> {
     let mut rng = Rng::new(options.seed ^ 0x006e_656d_6573_6973);
     let mut faults = Vec::new();
     let deadline = start + options.time_limit;
@@ -316,6 +342,16 @@ async fn nemesis(cluster: &mut LocalCluster, options: &Options, start: Instant) 
         }
         let kind = options.nemesis[rng.below(options.nemesis.len() as u64) as usize];
         let node = 1 + rng.below(options.nodes);
+        // A partition: one node alone, or a random minority.
+        let side: BTreeSet<u64> = if rng.below(2) == 0 {
+            [node].into()
+        } else {
+            let mut side = BTreeSet::from([node]);
+            while side.len() < (options.nodes as usize).div_ceil(2) - 1 {
+                side.insert(1 + rng.below(options.nodes));
+            }
+            side
+        };
         let began = Instant::now();
         match kind {
             Nemesis::Kill => {
@@ -323,6 +359,7 @@ async fn nemesis(cluster: &mut LocalCluster, options: &Options, start: Instant) 
                 down.insert(node);
             }
             Nemesis::Pause => cluster.signal(node, libc::SIGSTOP),
+            Nemesis::Partition => network.as_deref_mut().context("no network")?.partition(&side)?,
         }
         tokio::time::sleep(Duration::from_millis(1000 + rng.below(4000))).await;
         match kind {
@@ -331,13 +368,13 @@ async fn nemesis(cluster: &mut LocalCluster, options: &Options, start: Instant) 
                 down.remove(&node);
             }
             Nemesis::Pause => cluster.signal(node, libc::SIGCONT),
+            Nemesis::Partition => network.as_deref_mut().context("no network")?.heal()?,
         }
-        faults.push(Fault {
-            kind: format!("{kind:?}").to_lowercase(),
-            node,
-            start_ms: ms(began),
-            end_ms: ms(Instant::now()),
-        });
+        let what = match kind {
+            Nemesis::Partition => format!("partition {side:?} from the rest"),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        faults.push(Fault { kind: what, node, start_ms: ms(began), end_ms: ms(Instant::now()) });
     }
     for node in down {
         cluster.spawn(node)?;

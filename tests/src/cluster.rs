@@ -1,7 +1,7 @@
-//! Node processes for the benchmarks and the Jepsen harness: `robustmq serve` children on
-//! loopback ports, each with its own data directory and log, all killed when the cluster is
-//! dropped (and by `PR_SET_PDEATHSIG` if the parent itself dies). Faults: kill -9, pause
-//! (SIGSTOP) and resume, restart.
+//! Node processes for the benchmarks and the Jepsen harness: `robustmq serve` children, each
+//! with its own data directory and log, on loopback ports or each in a network namespace of
+//! its own ([`Placement`]), all killed when the cluster is dropped (and by `PR_SET_PDEATHSIG`
+//! if the parent itself dies). Faults: kill -9, pause (SIGSTOP) and resume, restart.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -24,6 +24,17 @@ pub struct Node {
     pub kafka: String,
     pub child: Option<Child>,
     starts: u32,
+    /// The network namespace the node runs in, if any.
+    netns: Option<String>,
+}
+
+/// Where node processes run.
+#[derive(Clone, Debug)]
+pub enum Placement {
+    /// 127.0.0.1 with free ports.
+    Loopback,
+    /// Node i (from 1) in namespace `namespaces[i - 1].0`, listening on its address `.1`.
+    Namespaces(Vec<(String, String)>),
 }
 
 /// Node processes on loopback, all killed when this is dropped.
@@ -50,17 +61,46 @@ impl LocalCluster {
 
     /// As [`LocalCluster::start`], with extra environment variables for every node.
     pub fn start_with_env(binary: &Path, root: &Path, size: u64, env: Vec<(String, String)>) -> Result<LocalCluster> {
+        LocalCluster::start_placed(binary, root, size, env, &Placement::Loopback)
+    }
+
+    /// Starts `size` nodes where `placement` says.
+    pub fn start_placed(
+        binary: &Path,
+        root: &Path,
+        size: u64,
+        env: Vec<(String, String)>,
+        placement: &Placement,
+    ) -> Result<LocalCluster> {
         let mut nodes = Vec::new();
         for id in 1..=size {
-            nodes.push(Node {
-                id,
-                dir: root.join(format!("node{id}")),
-                grpc: format!("127.0.0.1:{}", free_port()?),
-                admin: format!("127.0.0.1:{}", free_port()?),
-                kafka: format!("127.0.0.1:{}", free_port()?),
-                child: None,
-                starts: 0,
-            });
+            let dir = root.join(format!("node{id}"));
+            let node = match placement {
+                Placement::Loopback => Node {
+                    id,
+                    dir,
+                    grpc: format!("127.0.0.1:{}", free_port()?),
+                    admin: format!("127.0.0.1:{}", free_port()?),
+                    kafka: format!("127.0.0.1:{}", free_port()?),
+                    child: None,
+                    starts: 0,
+                    netns: None,
+                },
+                Placement::Namespaces(hosts) => {
+                    let (netns, address) = hosts.get(id as usize - 1).context("fewer namespaces than nodes")?;
+                    Node {
+                        id,
+                        dir,
+                        grpc: format!("{address}:9300"),
+                        admin: format!("{address}:8080"),
+                        kafka: format!("{address}:9092"),
+                        child: None,
+                        starts: 0,
+                        netns: Some(netns.clone()),
+                    }
+                }
+            };
+            nodes.push(node);
         }
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
         let mut cluster = LocalCluster { binary: binary.to_path_buf(), nodes, peers, env };
@@ -86,7 +126,15 @@ impl LocalCluster {
         std::fs::create_dir_all(&node.dir).with_context(|| format!("creating {}", node.dir.display()))?;
         let log_path = node.dir.with_extension(format!("log{}", node.starts));
         let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut command = Command::new(&binary);
+        // `ip netns exec` enters the namespace and execs the node: same process, same pid.
+        let mut command = match &node.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
         command
             .args(["serve", "--node-id", &id.to_string(), "--data-dir"])
             .arg(&node.dir)
