@@ -14,9 +14,8 @@
 #            record batches freshly encoded by kafka-python (every codec), decoded and stored
 #            by log-store: tests/fixtures/make_kafka_batches.py + log-store/tests/kafka_client_batches.rs
 #   jepsen   a short Jepsen run: 3 nodes in network namespaces, kill, pause and partition
-#            faults, the native workload, 30 s, a
-#            random seed (printed; a failure replays with it); the history and report stay in
-#            target/jepsen/
+#            faults, the native workload, 30 s, a random seed (printed; a failure replays with
+#            it); the history and report stay in target/jepsen/
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
