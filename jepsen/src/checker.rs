@@ -2,7 +2,9 @@
 //!
 //! Safety anomalies (any one fails the run):
 //! * **lost** — a send acknowledged (`ok`) whose value is not in the final read;
-//! * **duplicate** — a value stored at more than one offset (a producer retried it);
+//! * **duplicate** — a value stored at more than one offset; values of at-least-once producers
+//!   (no idempotence: a retry after a lost answer stores a value again, as in Kafka) are only
+//!   counted;
 //! * **inconsistent offset** — two reads disagree on the value at one partition and offset;
 //! * **wrong offset** — a send acknowledged at an offset that holds another value;
 //! * **non-monotonic send** — one process's acknowledged offsets in a partition go backwards;
@@ -54,6 +56,8 @@ pub struct Verdict {
     pub unseen: usize,
     /// Values in the final read.
     pub final_read_records: usize,
+    /// Values of at-least-once producers stored more than once (expected, not anomalies).
+    pub at_least_once_duplicates: usize,
 }
 
 impl Verdict {
@@ -78,8 +82,13 @@ impl fmt::Display for Anomaly {
     }
 }
 
-/// Checks a whole history.
+/// Checks a whole history in which every producer is idempotent.
 pub fn check(history: &[Event]) -> Verdict {
+    check_with(history, &BTreeSet::new())
+}
+
+/// Checks a whole history; sends of the `at_least_once` processes may be stored twice.
+pub fn check_with(history: &[Event], at_least_once: &BTreeSet<u64>) -> Verdict {
     let mut verdict = Verdict::default();
     let mut anomalies = Vec::new();
 
@@ -128,8 +137,15 @@ pub fn check(history: &[Event]) -> Verdict {
     for ((partition, offset), (value, _)) in &at {
         places.entry(*value).or_default().insert((*partition, *offset));
     }
+    let sender: HashMap<u64, u64> = history
+        .iter()
+        .filter(|e| e.f == Function::Send && e.kind == Kind::Invoke)
+        .filter_map(|e| Some((e.value?, e.process)))
+        .collect();
     for (value, where_) in &places {
-        if where_.len() > 1 {
+        if where_.len() > 1 && sender.get(value).is_some_and(|p| at_least_once.contains(p)) {
+            verdict.at_least_once_duplicates += 1;
+        } else if where_.len() > 1 {
             let events: Vec<usize> = where_.iter().filter_map(|p| at.get(p).map(|(_, i)| *i)).collect();
             anomalies.push(Anomaly {
                 kind: AnomalyKind::Duplicate,
@@ -200,6 +216,11 @@ pub fn check(history: &[Event]) -> Verdict {
     let mut last_poll: HashMap<(u64, u32), (u64, usize)> = HashMap::new();
     for event in history.iter().filter(|e| e.kind == Kind::Ok) {
         match event.f {
+            Function::Assign => {
+                if let Some(partition) = event.partition {
+                    last_poll.remove(&(event.process, partition));
+                }
+            }
             Function::Send => {
                 let (Some(partition), Some(offset)) = (event.partition, event.offset) else { continue };
                 if let Some((previous, previous_index)) =
@@ -347,6 +368,17 @@ mod tests {
     }
 
     #[test]
+    fn duplicates_of_at_least_once_producers_are_counted_not_reported() {
+        let mut h = H::default();
+        h.send(3, 10, Kind::Ok, 0, Some(1));
+        h.reads(7, Function::FinalRead, &[(0, 0, 10), (0, 1, 10)]);
+        let verdict = check_with(&h.0, &[3].into());
+        assert!(verdict.valid());
+        assert_eq!(verdict.at_least_once_duplicates, 1);
+        assert_eq!(h.kinds(), vec![AnomalyKind::Duplicate], "an idempotent producer may not");
+    }
+
+    #[test]
     fn an_inconsistent_offset_is_reported() {
         let mut h = clean();
         h.reads(6, Function::Poll, &[(0, 1, 12)]);
@@ -377,6 +409,17 @@ mod tests {
         let mut h = clean();
         h.reads(8, Function::Poll, &[(0, 1, 11)]).reads(8, Function::Poll, &[(0, 0, 10)]);
         assert_eq!(h.kinds(), vec![AnomalyKind::NonMonotonicPoll]);
+    }
+
+    #[test]
+    fn a_new_assignment_starts_a_consumer_afresh() {
+        let mut h = clean();
+        h.reads(8, Function::Poll, &[(0, 1, 11)]);
+        let mut assign = Event::new(8, Kind::Ok, Function::Assign, 5);
+        assign.partition = Some(0);
+        h.push(assign);
+        h.reads(8, Function::Poll, &[(0, 0, 10)]);
+        assert!(h.kinds().is_empty(), "re-reading after a rebalance is allowed");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub enum Function {
     Commit,
     /// The final read of a whole partition after the faults are healed.
     FinalRead,
+    /// A consumer group assigned the partition to the process: its polls of it start afresh.
+    Assign,
 }
 
 /// One record as read: partition, offset, value.

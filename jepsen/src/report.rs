@@ -57,6 +57,7 @@ pub fn write(
     }
     writeln!(text, "recovery after the final heal: {} ms", recovery.as_millis())?;
     writeln!(text, "liveness: {} acknowledged values were never polled (found by the final read)", verdict.unseen)?;
+    writeln!(text, "at-least-once producers' values stored twice (allowed): {}", verdict.at_least_once_duplicates)?;
     if verdict.valid() {
         writeln!(text, "valid: no anomaly")?;
     } else {
@@ -65,7 +66,10 @@ pub fn write(
             writeln!(text, "  {anomaly}")?;
             for index in &anomaly.events {
                 if let Some(event) = history.get(*index) {
-                    writeln!(text, "    {}", serde_json::to_string(event)?)?;
+                    // Long polls are cut: the whole event is in history.jsonl.
+                    let line = serde_json::to_string(event)?;
+                    let cut: String = line.chars().take(300).collect();
+                    writeln!(text, "    {cut}{}", if cut.len() < line.len() { " …" } else { "" })?;
                 }
             }
         }

@@ -103,11 +103,13 @@ impl Recorder {
 
 /// Runs the whole test; returns the checker's verdict (the report is written).
 pub fn run(options: &Options) -> Result<Verdict> {
-    if options.workload != "native" {
-        bail!("workload {:?} is not built yet (native is)", options.workload);
+    if !matches!(options.workload.as_str(), "native" | "kafka-queue") {
+        bail!("workload {:?} is not built yet (native and kafka-queue are)", options.workload);
     }
     std::fs::create_dir_all(&options.results)?;
     let data = options.results.join("data");
+    // A replay into the same folder starts from empty nodes.
+    let _ = std::fs::remove_dir_all(&data);
     // Nodes are spawned from this thread only (a current-thread runtime), so PR_SET_PDEATHSIG
     // ties them to the harness's life.
     let env: Vec<(String, String)> = options
@@ -133,7 +135,9 @@ pub fn run(options: &Options) -> Result<Verdict> {
     cluster.kill_all();
     drop(network);
     let (history, faults, recovery) = outcome?;
-    let verdict = checker::check(&history);
+    // kafka-queue's second producer has no idempotence: at-least-once (see kafka_workers).
+    let at_least_once: BTreeSet<u64> = if options.workload == "kafka-queue" { [1001].into() } else { BTreeSet::new() };
+    let verdict = checker::check_with(&history, &at_least_once);
     crate::history::write(&options.results.join("history.jsonl"), &history)?;
     report::write(&options.results, options, &history, &faults, recovery, &verdict)?;
     Ok(verdict)
@@ -154,6 +158,15 @@ async fn drive(
     let stop = Arc::new(AtomicBool::new(false));
     let next_value = Arc::new(AtomicU64::new(1));
     let mut tasks = Vec::new();
+    if options.workload == "kafka-queue" {
+        let bootstrap: Vec<String> = cluster.nodes.iter().map(|n| n.kafka.clone()).collect();
+        let workers = kafka_workers(&bootstrap.join(","), options, &recorder)?;
+        let faults = nemesis(cluster, network, options, recorder.start).await?;
+        for worker in workers {
+            let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        }
+        return finish(cluster, recorder, faults).await;
+    }
     for producer in 0..PRODUCERS {
         let (client, recorder, stop, next_value) =
             (cluster.client(None), recorder.clone(), stop.clone(), next_value.clone());
@@ -171,6 +184,16 @@ async fn drive(
         let _ = task.await;
     }
 
+    finish(cluster, recorder, faults).await
+}
+
+/// After the faults: waits for every partition to have a leader (the recovery time), reads
+/// every partition whole, and returns the history.
+async fn finish(
+    cluster: &mut LocalCluster,
+    recorder: Recorder,
+    faults: Vec<Fault>,
+) -> Result<(Vec<Event>, Vec<Fault>, Duration)> {
     // Heal (the nemesis already restarted and resumed everything) and measure recovery.
     let healed = Instant::now();
     for partition in 0..PARTITIONS {
@@ -187,6 +210,58 @@ async fn drive(
     }
     let history = std::mem::take(&mut *recorder.events.lock().unwrap_or_else(|p| p.into_inner()));
     Ok((history, faults, recovery))
+}
+
+/// Starts the librdkafka workers of `kafka-queue` (`tests/kafka/jepsen_worker.py`): an
+/// idempotent producer (process 1000), a producer without idempotence (1001: at-least-once —
+/// a write whose leader stepped down before answering can commit anyway and be sent again),
+/// and two consumers of one group; a thread per worker records the events it prints. Each
+/// worker stops by itself at the time limit.
+fn kafka_workers(bootstrap: &str, options: &Options, recorder: &Recorder) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    use std::io::BufRead;
+    let script = PathBuf::from("tests/kafka/jepsen_worker.py");
+    anyhow::ensure!(script.is_file(), "run from the repository root: {} is missing", script.display());
+    let python =
+        std::env::var_os("ROBUSTMQ_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".venv/bin/python"));
+    anyhow::ensure!(python.is_file(), "{} is missing: tests/run.sh creates the venv", python.display());
+    let seconds = options.time_limit.as_secs().to_string();
+    let partitions = PARTITIONS.to_string();
+    let mut commands: Vec<Vec<String>> = Vec::new();
+    for (i, idempotent) in ["1", "0"].iter().enumerate() {
+        let first = ((i as u64 + 1) * 1_000_000_000).to_string();
+        let process = (1000 + i).to_string();
+        commands.push(
+            ["producer", bootstrap, TOPIC, &partitions, &process, &first, idempotent, &seconds]
+                .map(String::from)
+                .to_vec(),
+        );
+    }
+    for i in 0..2 {
+        let process = (2000 + i).to_string();
+        commands.push(["consumer", bootstrap, TOPIC, "jepsen-group", &process, &seconds].map(String::from).to_vec());
+    }
+    let mut threads = Vec::new();
+    for args in commands {
+        let mut child = std::process::Command::new(&python)
+            .arg(&script)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", script.display()))?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let recorder = recorder.clone();
+        threads.push(std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Event>(&line) {
+                    Ok(event) => recorder.record(event),
+                    Err(error) => eprintln!("jepsen: unreadable worker event ({error}): {line}"),
+                }
+            }
+            let _ = child.wait();
+        }));
+    }
+    Ok(threads)
 }
 
 /// Waits until a partition has a leader again (the recovery the report measures).

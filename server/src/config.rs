@@ -59,7 +59,8 @@ pub struct KafkaSettings {
     pub enabled: bool,
     /// Address the Kafka listener binds.
     pub listen: String,
-    /// Address Kafka clients are told to use for this node; defaults to 127.0.0.1 and the port.
+    /// Address Kafka clients are told to use for this node; defaults to the listen address, or
+    /// 127.0.0.1 and the port when that is a wildcard.
     pub advertised_address: Option<String>,
     /// Create unknown topics that clients ask metadata for (`auto.create.topics.enable`).
     pub auto_create_topics: bool,
@@ -125,7 +126,9 @@ impl KafkaSettings {
             self.listen.parse().with_context(|| format!("kafka.listen {:?} is not host:port", self.listen))?;
         let advertised_address = match &self.advertised_address {
             Some(address) => address.clone(),
-            None => format!("127.0.0.1:{}", listen.port()),
+            // A listener bound to one address is reached there; a wildcard one on loopback.
+            None if listen.ip().is_unspecified() => format!("127.0.0.1:{}", listen.port()),
+            None => listen.to_string(),
         };
         if self.default_partitions == 0 {
             bail!("kafka.default_partitions must be at least 1");
@@ -226,9 +229,15 @@ impl NodeConfig {
         if let Some(address) = &self.advertised_address {
             return Ok(address.clone());
         }
+        self.own_grpc()
+    }
+
+    /// Where this node's own gRPC listener answers it (for the node's internal client): the
+    /// listen address, or 127.0.0.1 and its port when that is a wildcard.
+    pub fn own_grpc(&self) -> anyhow::Result<String> {
         let listen: SocketAddr =
             self.grpc_listen.parse().with_context(|| format!("grpc_listen {:?} is not host:port", self.grpc_listen))?;
-        Ok(format!("127.0.0.1:{}", listen.port()))
+        Ok(if listen.ip().is_unspecified() { format!("127.0.0.1:{}", listen.port()) } else { listen.to_string() })
     }
 
     /// Checks the configuration and turns it into the replication layer's.

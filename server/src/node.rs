@@ -91,10 +91,10 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let mut kafka_task = None;
     if let Some((facade, listener)) = kafka {
         endpoints.insert(facade_kafka::ENDPOINT.to_string(), facade.advertised_address.clone());
-        let admin = client::Client::new(vec![config.advertised()?]);
+        let admin = client::Client::new(vec![config.own_grpc()?]);
         kafka_task = Some(tokio::spawn(facade_kafka::serve(listener, cluster.clone(), admin, facade, stop.clone())));
     }
-    let registration = tokio::spawn(register_endpoints(cluster.clone(), config.advertised()?, endpoints));
+    let registration = tokio::spawn(register_endpoints(cluster.clone(), config.own_grpc()?, endpoints));
 
     shutdown.await;
     registration.abort();
