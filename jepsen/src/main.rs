@@ -14,7 +14,7 @@ use jepsen::run::{self, Nemesis, Options};
 #[derive(Debug, Parser)]
 #[command(name = "jepsen", version)]
 struct Cli {
-    /// The workload: native (kafka-queue, kafka-txn, mqtt-qos are not built yet).
+    /// The workload: native, kafka-queue or kafka-txn (mqtt-qos is not built yet).
     #[arg(long, default_value = "native")]
     workload: String,
     /// Comma-separated fault kinds: kill, pause, partition (root: network namespaces).

@@ -103,8 +103,8 @@ impl Recorder {
 
 /// Runs the whole test; returns the checker's verdict (the report is written).
 pub fn run(options: &Options) -> Result<Verdict> {
-    if !matches!(options.workload.as_str(), "native" | "kafka-queue") {
-        bail!("workload {:?} is not built yet (native and kafka-queue are)", options.workload);
+    if !matches!(options.workload.as_str(), "native" | "kafka-queue" | "kafka-txn") {
+        bail!("workload {:?} is not built yet (native, kafka-queue and kafka-txn are)", options.workload);
     }
     std::fs::create_dir_all(&options.results)?;
     let data = options.results.join("data");
@@ -158,12 +158,26 @@ async fn drive(
     let stop = Arc::new(AtomicBool::new(false));
     let next_value = Arc::new(AtomicU64::new(1));
     let mut tasks = Vec::new();
-    if options.workload == "kafka-queue" {
-        let bootstrap: Vec<String> = cluster.nodes.iter().map(|n| n.kafka.clone()).collect();
-        let workers = kafka_workers(&bootstrap.join(","), options, &recorder)?;
+    if options.workload.starts_with("kafka-") {
+        let bootstrap = cluster.nodes.iter().map(|n| n.kafka.clone()).collect::<Vec<_>>().join(",");
+        let workers = kafka_workers(&bootstrap, &options.workload, options, &recorder)?;
         let faults = nemesis(cluster, network, options, recorder.start).await?;
         for worker in workers {
             let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        }
+        if options.workload == "kafka-txn" {
+            // The final read must skip aborted transactions: a read_committed Kafka consumer.
+            let healed = Instant::now();
+            for partition in 0..PARTITIONS {
+                wait_writable(&cluster.client(None), partition).await?;
+            }
+            let recovery = healed.elapsed();
+            let partitions = PARTITIONS.to_string();
+            let args = vec!["final-read".to_string(), bootstrap, TOPIC.to_string(), partitions];
+            let reader = spawn_worker(args, &recorder)?;
+            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+            let history = std::mem::take(&mut *recorder.events.lock().unwrap_or_else(|p| p.into_inner()));
+            return Ok((history, faults, recovery));
         }
         return finish(cluster, recorder, faults).await;
     }
@@ -212,56 +226,67 @@ async fn finish(
     Ok((history, faults, recovery))
 }
 
-/// Starts the librdkafka workers of `kafka-queue` (`tests/kafka/jepsen_worker.py`): an
+/// Starts the librdkafka workers (`tests/kafka/jepsen_worker.py`). `kafka-queue`: an
 /// idempotent producer (process 1000), a producer without idempotence (1001: at-least-once —
 /// a write whose leader stepped down before answering can commit anyway and be sent again),
-/// and two consumers of one group; a thread per worker records the events it prints. Each
-/// worker stops by itself at the time limit.
-fn kafka_workers(bootstrap: &str, options: &Options, recorder: &Recorder) -> Result<Vec<std::thread::JoinHandle<()>>> {
+/// and two consumers of one group. `kafka-txn`: two transactional producers (3000, 3001) and
+/// two read_committed consumers. Each worker stops by itself at the time limit.
+fn kafka_workers(
+    bootstrap: &str,
+    workload: &str,
+    options: &Options,
+    recorder: &Recorder,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    let seconds = options.time_limit.as_secs().to_string();
+    let partitions = PARTITIONS.to_string();
+    let mut commands: Vec<Vec<String>> = Vec::new();
+    for i in 0..2u64 {
+        let producer = if workload == "kafka-txn" {
+            let (process, first) = ((3000 + i).to_string(), ((i + 3) * 1_000_000_000).to_string());
+            let txn_id = format!("jepsen-txn-{i}");
+            ["txn-producer", bootstrap, TOPIC, &partitions, &process, &first, &txn_id, &seconds]
+                .map(String::from)
+                .to_vec()
+        } else {
+            let (process, first) = ((1000 + i).to_string(), ((i + 1) * 1_000_000_000).to_string());
+            let idempotent = if i == 0 { "1" } else { "0" };
+            ["producer", bootstrap, TOPIC, &partitions, &process, &first, idempotent, &seconds]
+                .map(String::from)
+                .to_vec()
+        };
+        commands.push(producer);
+        let process = (2000 + i).to_string();
+        commands.push(["consumer", bootstrap, TOPIC, "jepsen-group", &process, &seconds].map(String::from).to_vec());
+    }
+    commands.into_iter().map(|args| spawn_worker(args, recorder)).collect()
+}
+
+/// Runs one worker; a thread records the events it prints and reaps it.
+fn spawn_worker(args: Vec<String>, recorder: &Recorder) -> Result<std::thread::JoinHandle<()>> {
     use std::io::BufRead;
     let script = PathBuf::from("tests/kafka/jepsen_worker.py");
     anyhow::ensure!(script.is_file(), "run from the repository root: {} is missing", script.display());
     let python =
         std::env::var_os("ROBUSTMQ_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".venv/bin/python"));
     anyhow::ensure!(python.is_file(), "{} is missing: tests/run.sh creates the venv", python.display());
-    let seconds = options.time_limit.as_secs().to_string();
-    let partitions = PARTITIONS.to_string();
-    let mut commands: Vec<Vec<String>> = Vec::new();
-    for (i, idempotent) in ["1", "0"].iter().enumerate() {
-        let first = ((i as u64 + 1) * 1_000_000_000).to_string();
-        let process = (1000 + i).to_string();
-        commands.push(
-            ["producer", bootstrap, TOPIC, &partitions, &process, &first, idempotent, &seconds]
-                .map(String::from)
-                .to_vec(),
-        );
-    }
-    for i in 0..2 {
-        let process = (2000 + i).to_string();
-        commands.push(["consumer", bootstrap, TOPIC, "jepsen-group", &process, &seconds].map(String::from).to_vec());
-    }
-    let mut threads = Vec::new();
-    for args in commands {
-        let mut child = std::process::Command::new(&python)
-            .arg(&script)
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", script.display()))?;
-        let stdout = child.stdout.take().context("worker stdout")?;
-        let recorder = recorder.clone();
-        threads.push(std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Event>(&line) {
-                    Ok(event) => recorder.record(event),
-                    Err(error) => eprintln!("jepsen: unreadable worker event ({error}): {line}"),
-                }
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", script.display()))?;
+    let stdout = child.stdout.take().context("worker stdout")?;
+    let recorder = recorder.clone();
+    Ok(std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            match serde_json::from_str::<Event>(&line) {
+                Ok(event) => recorder.record(event),
+                Err(error) => eprintln!("jepsen: unreadable worker event ({error}): {line}"),
             }
-            let _ = child.wait();
-        }));
-    }
-    Ok(threads)
+        }
+        let _ = child.wait();
+    }))
 }
 
 /// Waits until a partition has a leader again (the recovery the report measures).

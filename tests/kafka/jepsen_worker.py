@@ -10,6 +10,13 @@ Usage:
       polls in consumer group GROUP (read_committed, manual commits after each poll); prints
       `assign` events when partitions are assigned, `poll` events with the records, `commit`
       events with the offsets committed.
+  jepsen_worker.py txn-producer BOOTSTRAP TOPIC PARTITIONS PROCESS FIRST_VALUE TXN_ID SECONDS
+      transactions of 1–5 values each, about one in four aborted: the values of a committed
+      transaction are `ok` (with their offsets), of an aborted one `fail` (read_committed readers
+      must never see them), of one whose outcome is unknown `info`.
+  jepsen_worker.py final-read BOOTSTRAP TOPIC PARTITIONS
+      reads every partition to its end with read_committed and prints one `final-read` event per
+      partition.
 The harness stamps the times; the worker runs until SECONDS have passed, then flushes.
 """
 
@@ -107,6 +114,96 @@ def consumer(bootstrap, topic, group, process, seconds):
     client.close()
 
 
+def txn_producer(bootstrap, topic, partitions, process, first, txn_id, seconds):
+    import random
+    partitions, process, value, seconds = int(partitions), int(process), int(first), float(seconds)
+    rng = random.Random(value)
+
+    def fresh():
+        client = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id,
+                           "transaction.timeout.ms": 10000, "topic.metadata.refresh.interval.ms": 1000})
+        client.init_transactions(30)
+        return client
+
+    client = fresh()
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        values = [(value + i, rng.randrange(partitions)) for i in range(rng.randint(1, 5))]
+        value += len(values)
+        offsets = {}
+
+        def delivered(v):
+            def callback(err, msg):
+                if err is None:
+                    offsets[v] = msg.offset()
+            return callback
+
+        for v, p in values:
+            event = base(process, "invoke", "send")
+            event.update({"partition": p, "value": v})
+            emit(event)
+        abort = rng.random() < 0.25
+        outcome, error = "ok", None
+        try:
+            client.begin_transaction()
+            for v, p in values:
+                client.produce(topic, value=str(v).encode(), partition=p, on_delivery=delivered(v))
+            client.flush(30)
+            if abort:
+                client.abort_transaction(30)
+                outcome = "fail"
+            else:
+                client.commit_transaction(30)
+        except KafkaException as exc:
+            outcome, error = "info", str(exc)
+            try:
+                client.abort_transaction(10)
+                outcome = "fail"
+            except KafkaException:
+                process += 100  # a new process after an unknown outcome
+                client = fresh()
+        for v, p in values:
+            event = base(process, outcome, "send")
+            event.update({"partition": p, "value": v})
+            if outcome == "ok" and v in offsets:
+                event["offset"] = offsets[v]
+            if error:
+                event["error"] = error
+            emit(event)
+
+
+def final_read(bootstrap, topic, partitions):
+    from confluent_kafka import TopicPartition
+    partitions = int(partitions)
+    client = Consumer({"bootstrap.servers": bootstrap, "group.id": "jepsen-final-read",
+                       "enable.auto.commit": False, "isolation.level": "read_committed"})
+    for p in range(partitions):
+        deadline = time.time() + 60
+        while True:
+            try:
+                _, end = client.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                break
+            except KafkaException:
+                if time.time() > deadline:
+                    raise
+        client.assign([TopicPartition(topic, p, 0)])
+        reads, position = [], 0
+        deadline = time.time() + 60
+        while position < end and time.time() < deadline:
+            for m in client.consume(500, 0.5):
+                if m.error() or m.value() is None:
+                    continue
+                reads.append({"partition": p, "offset": m.offset(), "value": int(m.value())})
+                position = m.offset() + 1
+            # Markers and aborted records take offsets that are never returned.
+            position = max(position, client.position([TopicPartition(topic, p)])[0].offset)
+        event = base(900 + p, "ok", "final-read")
+        event.update({"partition": p, "reads": reads})
+        emit(event)
+    client.close()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
-    {"producer": producer, "consumer": consumer}[mode](*sys.argv[2:])
+    {"producer": producer, "consumer": consumer, "txn-producer": txn_producer,
+     "final-read": final_read}[mode](*sys.argv[2:])
