@@ -152,7 +152,7 @@ async fn drive(
     let replication = options.nodes.min(3) as u32;
     cluster.client(None).create_topic(TOPIC, PARTITIONS, replication).await.context("creating the topic")?;
     for partition in 0..PARTITIONS {
-        wait_writable(&cluster.client(None), partition).await?;
+        wait_writable(cluster, partition).await?;
     }
     let recorder = Recorder { start: Instant::now(), events: Arc::default() };
     let stop = Arc::new(AtomicBool::new(false));
@@ -169,7 +169,7 @@ async fn drive(
             // The final read must skip aborted transactions: a read_committed Kafka consumer.
             let healed = Instant::now();
             for partition in 0..PARTITIONS {
-                wait_writable(&cluster.client(None), partition).await?;
+                wait_writable(cluster, partition).await?;
             }
             let recovery = healed.elapsed();
             let partitions = PARTITIONS.to_string();
@@ -211,7 +211,7 @@ async fn finish(
     // Heal (the nemesis already restarted and resumed everything) and measure recovery.
     let healed = Instant::now();
     for partition in 0..PARTITIONS {
-        wait_writable(&cluster.client(None), partition).await?;
+        wait_writable(cluster, partition).await?;
     }
     let recovery = healed.elapsed();
     let client = cluster.client(None);
@@ -289,13 +289,17 @@ fn spawn_worker(args: Vec<String>, recorder: &Recorder) -> Result<std::thread::J
     }))
 }
 
-/// Waits until a partition has a leader again (the recovery the report measures).
-async fn wait_writable(client: &Client, partition: u32) -> Result<()> {
+/// Waits until a partition has a leader again, as the leader itself says (a node without a
+/// replica of the partition does not know its leader).
+async fn wait_writable(cluster: &LocalCluster, partition: u32) -> Result<()> {
     let deadline = Instant::now() + RECOVERY_MAX;
     loop {
-        if let Ok(topic) = client.describe_topic(TOPIC).await {
-            if topic.partitions.get(partition as usize).and_then(|p| p.leader).is_some() {
-                return Ok(());
+        for node in &cluster.nodes {
+            let client = cluster.client_of(node.id);
+            if let Ok(topic) = client.describe_topic(TOPIC).await {
+                if topic.partitions.get(partition as usize).and_then(|p| p.leader) == Some(node.id) {
+                    return Ok(());
+                }
             }
         }
         if Instant::now() > deadline {
