@@ -17,7 +17,8 @@ struct Cli {
     /// The workload: native, kafka-queue or kafka-txn (mqtt-qos is not built yet).
     #[arg(long, default_value = "native")]
     workload: String,
-    /// Comma-separated fault kinds: kill, pause, partition (root: network namespaces).
+    /// Comma-separated fault kinds: kill, pause, partition (root: network namespaces), disk
+    /// (kill -9 and lose every unflushed partition-log byte).
     #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Node processes.

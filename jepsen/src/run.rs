@@ -36,6 +36,8 @@ pub enum Nemesis {
     Kill,
     Pause,
     Partition,
+    /// kill -9, then every partition log of the node loses what was not fsynced (a power loss).
+    Disk,
 }
 
 impl Nemesis {
@@ -44,8 +46,9 @@ impl Nemesis {
             "kill" => Ok(Nemesis::Kill),
             "pause" => Ok(Nemesis::Pause),
             "partition" => Ok(Nemesis::Partition),
-            "clock" | "membership" | "disk" | "delay" | "loss" => {
-                bail!("nemesis {name:?} is not built yet (kill, pause and partition are)")
+            "disk" => Ok(Nemesis::Disk),
+            "clock" | "membership" | "delay" | "loss" => {
+                bail!("nemesis {name:?} is not built yet (kill, pause, partition and disk are)")
             }
             other => bail!("unknown nemesis {other:?}"),
         }
@@ -401,6 +404,18 @@ fn to_read(partition: u32, record: &log_store::batch::Record) -> Option<Read> {
     Some(Read { partition, offset: record.offset.0, value })
 }
 
+/// A power loss on a killed node: each partition log keeps only what it had fsynced (raft-engine
+/// fsyncs every write, so the Raft log loses nothing).
+fn lose_unflushed(node_dir: &std::path::Path) -> Result<u64> {
+    let mut lost = 0;
+    if let Ok(entries) = std::fs::read_dir(node_dir.join("partitions")) {
+        for entry in entries {
+            lost += log_store::fault::lose_unflushed(&entry?.path())?;
+        }
+    }
+    Ok(lost)
+}
+
 /// Reads a whole partition from its start to its high watermark.
 async fn read_everything(client: &Client, partition: u32) -> Result<Vec<Read>> {
     let mut reads = Vec::new();
@@ -457,6 +472,7 @@ async fn nemesis(
             side
         };
         let began = Instant::now();
+        let mut lost = 0;
         match kind {
             Nemesis::Kill => {
                 cluster.kill(node)?;
@@ -464,6 +480,11 @@ async fn nemesis(
             }
             Nemesis::Pause => cluster.signal(node, libc::SIGSTOP),
             Nemesis::Partition => network.as_deref_mut().context("no network")?.partition(&side)?,
+            Nemesis::Disk => {
+                cluster.kill(node)?;
+                down.insert(node);
+                lost = lose_unflushed(&cluster.node(node).dir)?;
+            }
         }
         tokio::time::sleep(Duration::from_millis(1000 + rng.below(4000))).await;
         match kind {
@@ -473,9 +494,14 @@ async fn nemesis(
             }
             Nemesis::Pause => cluster.signal(node, libc::SIGCONT),
             Nemesis::Partition => network.as_deref_mut().context("no network")?.heal()?,
+            Nemesis::Disk => {
+                cluster.spawn(node)?;
+                down.remove(&node);
+            }
         }
         let what = match kind {
             Nemesis::Partition => format!("partition {side:?} from the rest"),
+            Nemesis::Disk => format!("disk (power loss: {lost} unflushed bytes gone)"),
             other => format!("{other:?}").to_lowercase(),
         };
         faults.push(Fault { kind: what, node, start_ms: ms(began), end_ms: ms(Instant::now()) });

@@ -30,6 +30,7 @@ mod clock;
 mod compaction;
 mod config;
 mod error;
+pub mod fault;
 mod index;
 mod log;
 mod offset;

@@ -19,7 +19,7 @@
 //! logs' unflushed bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use log_store::batch::{BatchBuilder, Compression, NewRecord};
@@ -189,7 +189,7 @@ impl Simulation {
         let partitions = node.config.data_dir.join("partitions");
         if let Ok(entries) = std::fs::read_dir(&partitions) {
             for entry in entries {
-                lose_unflushed(&entry.unwrap().path());
+                log_store::fault::lose_unflushed(&entry.unwrap().path()).unwrap();
             }
         }
     }
@@ -475,32 +475,6 @@ impl Simulation {
                         self.seed
                     );
                 }
-            }
-        }
-    }
-}
-
-/// Cuts a partition log back to its last flush, as a power loss would.
-fn lose_unflushed(dir: &PathBuf) {
-    let Ok(checkpoint) = std::fs::read(dir.join("log.checkpoint")) else { return };
-    if checkpoint.len() < 28 {
-        return;
-    }
-    let recovery_segment = u64::from_be_bytes(checkpoint[12..20].try_into().unwrap());
-    let recovery_position = u64::from_be_bytes(checkpoint[20..28].try_into().unwrap());
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let Some(base) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()) else {
-            continue;
-        };
-        if path.extension().is_some_and(|e| e == "log") {
-            if base == recovery_segment {
-                let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-                if file.metadata().unwrap().len() > recovery_position {
-                    file.set_len(recovery_position).unwrap();
-                }
-            } else if base > recovery_segment {
-                std::fs::remove_file(&path).unwrap();
             }
         }
     }
