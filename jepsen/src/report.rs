@@ -32,15 +32,15 @@ pub fn write(
 ) -> Result<String> {
     let mut text = String::new();
     let nemesis: Vec<String> = options.nemesis.iter().map(|n| format!("{n:?}").to_lowercase()).collect();
-    writeln!(
-        text,
-        "workload {} · nemesis {} · {} nodes · {} s · seed {}",
+    let flags = format!(
+        "--workload {} --nemesis {} --nodes {} --time-limit {} --seed {}",
         options.workload,
         nemesis.join(","),
         options.nodes,
         options.time_limit.as_secs(),
         options.seed
-    )?;
+    );
+    writeln!(text, "run: {flags}")?;
     writeln!(
         text,
         "operations: {} events; sends ok {} / fail {} / info {}; polled records {}; final read {} records",
@@ -73,15 +73,7 @@ pub fn write(
                 }
             }
         }
-        writeln!(
-            text,
-            "replay: cargo run --release -p jepsen -- --workload {} --nemesis {} --nodes {} --time-limit {} --seed {}",
-            options.workload,
-            nemesis.join(","),
-            options.nodes,
-            options.time_limit.as_secs(),
-            options.seed
-        )?;
+        writeln!(text, "replay: cargo run --release -p jepsen -- {flags}")?;
     }
     std::fs::write(dir.join("summary.txt"), &text)?;
     std::fs::write(dir.join("timeline.html"), timeline(history, faults, options.time_limit))?;
