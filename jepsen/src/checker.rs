@@ -7,7 +7,8 @@
 //!   counted;
 //! * **inconsistent offset** — two reads disagree on the value at one partition and offset;
 //! * **wrong offset** — a send acknowledged at an offset that holds another value;
-//! * **non-monotonic send** — one process's acknowledged offsets in a partition go backwards;
+//! * **non-monotonic send** — one process's acknowledged offsets in a partition go backwards in
+//!   send order (at-least-once producers excepted: their retries may reorder, as in Kafka);
 //! * **poll skip** — a consumer's next read in a partition jumps over offsets the log holds;
 //! * **non-monotonic poll** — a consumer reads a partition backwards;
 //! * **aborted read** — a read returns a value whose send certainly failed (G1a);
@@ -222,7 +223,8 @@ pub fn check_with(history: &[Event], at_least_once: &BTreeSet<u64>) -> Verdict {
         history.iter().filter(|e| e.f == Function::Send && e.kind == Kind::Ok && e.offset.is_some()).collect();
     acknowledged.sort_by_key(|e| e.value.and_then(|v| invoked_at.get(&(e.process, v))).copied().unwrap_or(e.index));
     let mut last_send: HashMap<(u64, u32), (u64, usize)> = HashMap::new();
-    for event in acknowledged {
+    // At-least-once producers may reorder too (a retried send lands after later ones).
+    for event in acknowledged.into_iter().filter(|e| !at_least_once.contains(&e.process)) {
         let (Some(partition), Some(offset)) = (event.partition, event.offset) else { continue };
         if let Some((previous, previous_index)) = last_send.insert((event.process, partition), (offset, event.index)) {
             if offset <= previous {

@@ -497,7 +497,10 @@ impl Store {
                     }
                     Kind::Partition(replica) => {
                         replica.handle.leader_term.store(group.raw.raft.term, Ordering::Release);
-                        replica.handle.leader.store(soft.leader_id, Ordering::Release);
+                        // A new leader serves only once it applied an entry of its own term (see
+                        // `apply`): until then its high watermark may be behind its predecessor's.
+                        let serving = if soft.raft_state == StateRole::Leader { 0 } else { soft.leader_id };
+                        replica.handle.leader.store(serving, Ordering::Release);
                     }
                 }
                 if soft.raft_state != StateRole::Leader {
@@ -653,6 +656,13 @@ impl Store {
             };
             if let Some(reply) = reply {
                 let _ = reply.send(result);
+            }
+        }
+        // The leader has applied an entry of its term: everything committed before it is in its
+        // log, so its high watermark is at least its predecessor's. It may serve now.
+        if let (Kind::Partition(replica), Some(last)) = (&group.kind, entries.last()) {
+            if group.raw.raft.state == StateRole::Leader && last.term == group.raw.raft.term {
+                replica.handle.leader.store(shared.node_id.0, Ordering::Release);
             }
         }
         changes
