@@ -232,8 +232,8 @@ async fn finish(
 /// Starts the librdkafka workers (`tests/kafka/jepsen_worker.py`). `kafka-queue`: an
 /// idempotent producer (process 1000), a producer without idempotence (1001: at-least-once —
 /// a write whose leader stepped down before answering can commit anyway and be sent again),
-/// and two consumers of one group. `kafka-txn`: two transactional producers (3000, 3001) and
-/// two read_committed consumers. Each worker stops by itself at the time limit.
+/// and two consumers of one group (2000 librdkafka, 2001 kafka-python). `kafka-txn`: two
+/// transactional producers (3000, 3001) and the same two read_committed consumers. Each worker stops by itself at the time limit.
 fn kafka_workers(
     bootstrap: &str,
     workload: &str,
@@ -258,8 +258,11 @@ fn kafka_workers(
                 .to_vec()
         };
         commands.push(producer);
+        // One librdkafka consumer and one kafka-python consumer: two implementations of the
+        // group protocol, so an anomaly of one client library stands out.
         let process = (2000 + i).to_string();
-        commands.push(["consumer", bootstrap, TOPIC, "jepsen-group", &process, &seconds].map(String::from).to_vec());
+        let kind = if i == 0 { "consumer" } else { "consumer-python" };
+        commands.push([kind, bootstrap, TOPIC, "jepsen-group", &process, &seconds].map(String::from).to_vec());
     }
     commands.into_iter().map(|args| spawn_worker(args, recorder)).collect()
 }

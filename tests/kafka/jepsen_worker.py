@@ -114,6 +114,48 @@ def consumer(bootstrap, topic, group, process, seconds):
     client.close()
 
 
+def consumer_python(bootstrap, topic, group, process, seconds):
+    """As `consumer`, with kafka-python's group client (another implementation of the protocol)."""
+    from kafka import KafkaConsumer
+    from kafka.consumer.subscription_state import ConsumerRebalanceListener
+    process, seconds = int(process), float(seconds)
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked):
+            pass
+
+        def on_partitions_assigned(self, assigned):
+            for tp in assigned:
+                event = base(process, "ok", "assign")
+                event["partition"] = tp.partition
+                emit(event)
+
+    client = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=group, enable_auto_commit=False,
+                           auto_offset_reset="earliest", isolation_level="read_committed",
+                           session_timeout_ms=6000, heartbeat_interval_ms=500, metadata_max_age_ms=1000)
+    client.subscribe([topic], listener=Listener())
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        emit(base(process, "invoke", "poll"))
+        batches = client.poll(timeout_ms=500, max_records=100)
+        reads = [{"partition": tp.partition, "offset": m.offset, "value": int(m.value)}
+                 for tp, messages in batches.items() for m in messages if m.value is not None]
+        done = base(process, "ok", "poll")
+        done["reads"] = reads
+        emit(done)
+        if not reads:
+            continue
+        try:
+            client.commit()
+            for tp, messages in batches.items():
+                event = base(process, "ok", "commit")
+                event.update({"partition": tp.partition, "offset": messages[-1].offset + 1})
+                emit(event)
+        except Exception:
+            pass
+    client.close()
+
+
 def txn_producer(bootstrap, topic, partitions, process, first, txn_id, seconds):
     import random
     partitions, process, value, seconds = int(partitions), int(process), int(first), float(seconds)
@@ -205,5 +247,5 @@ def final_read(bootstrap, topic, partitions):
 
 if __name__ == "__main__":
     mode = sys.argv[1]
-    {"producer": producer, "consumer": consumer, "txn-producer": txn_producer,
-     "final-read": final_read}[mode](*sys.argv[2:])
+    {"producer": producer, "consumer": consumer, "consumer-python": consumer_python,
+     "txn-producer": txn_producer, "final-read": final_read}[mode](*sys.argv[2:])

@@ -122,6 +122,14 @@ fn read_all(
         answer.last_stable_offset = stable;
         answer.log_start_offset = log_start;
         if slot.fetch_offset < log_start || slot.fetch_offset > high_watermark {
+            tracing::info!(
+                topic = %topic.as_str(),
+                partition = slot.partition,
+                fetch_offset = slot.fetch_offset,
+                log_start,
+                high_watermark,
+                "fetch offset out of range"
+            );
             answer.error_code = ResponseError::OffsetOutOfRange.code();
             answer.records = None;
             failed = true;
