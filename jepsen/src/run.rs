@@ -177,7 +177,7 @@ async fn drive(
             let recovery = healed.elapsed();
             let partitions = PARTITIONS.to_string();
             let args = vec!["final-read".to_string(), bootstrap, TOPIC.to_string(), partitions];
-            let reader = spawn_worker(args, &recorder)?;
+            let reader = spawn_worker(args, &recorder, &options.results)?;
             let _ = tokio::task::spawn_blocking(move || reader.join()).await;
             let history = std::mem::take(&mut *recorder.events.lock().unwrap_or_else(|p| p.into_inner()));
             return Ok((history, faults, recovery));
@@ -258,17 +258,25 @@ fn kafka_workers(
                 .to_vec()
         };
         commands.push(producer);
-        // One librdkafka consumer and one kafka-python consumer: two implementations of the
-        // group protocol, so an anomaly of one client library stands out.
+        // One librdkafka consumer and one kafka-python consumer by default: two implementations
+        // of the group protocol. JEPSEN_KAFKA_CONSUMERS=librdkafka,librdkafka picks both.
         let process = (2000 + i).to_string();
-        let kind = if i == 0 { "consumer" } else { "consumer-python" };
+        let choice = std::env::var("JEPSEN_KAFKA_CONSUMERS").unwrap_or_else(|_| "librdkafka,kafka-python".into());
+        let library = choice.split(',').nth(i as usize).unwrap_or("librdkafka");
+        let kind = if library == "kafka-python" { "consumer-python" } else { "consumer" };
         commands.push([kind, bootstrap, TOPIC, "jepsen-group", &process, &seconds].map(String::from).to_vec());
     }
-    commands.into_iter().map(|args| spawn_worker(args, recorder)).collect()
+    commands.into_iter().map(|args| spawn_worker(args, recorder, &options.results)).collect()
 }
 
-/// Runs one worker; a thread records the events it prints and reaps it.
-fn spawn_worker(args: Vec<String>, recorder: &Recorder) -> Result<std::thread::JoinHandle<()>> {
+/// Runs one worker; a thread records the events it prints and reaps it. Its stderr (client
+/// library logs; `JEPSEN_CLIENT_DEBUG` turns librdkafka's debug contexts on) goes to
+/// `workers/<mode>-<process>.log` in the results folder.
+fn spawn_worker(
+    args: Vec<String>,
+    recorder: &Recorder,
+    results: &std::path::Path,
+) -> Result<std::thread::JoinHandle<()>> {
     use std::io::BufRead;
     let script = PathBuf::from("tests/kafka/jepsen_worker.py");
     anyhow::ensure!(script.is_file(), "run from the repository root: {} is missing", script.display());
@@ -279,7 +287,7 @@ fn spawn_worker(args: Vec<String>, recorder: &Recorder) -> Result<std::thread::J
         .arg(&script)
         .args(&args)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(worker_log(results, &args)?)
         .spawn()
         .with_context(|| format!("starting {}", script.display()))?;
     let stdout = child.stdout.take().context("worker stdout")?;
@@ -293,6 +301,13 @@ fn spawn_worker(args: Vec<String>, recorder: &Recorder) -> Result<std::thread::J
         }
         let _ = child.wait();
     }))
+}
+
+fn worker_log(results: &std::path::Path, args: &[String]) -> Result<std::process::Stdio> {
+    let dir = results.join("workers");
+    std::fs::create_dir_all(&dir)?;
+    let name = format!("{}-{}.log", args[0], args.get(4).map_or("x", |s| s.as_str()));
+    Ok(std::fs::File::create(dir.join(name))?.into())
 }
 
 /// Waits until a partition has a leader again, as the leader itself says (a node without a

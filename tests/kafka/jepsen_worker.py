@@ -21,6 +21,7 @@ The harness stamps the times; the worker runs until SECONDS have passed, then fl
 """
 
 import json
+import os
 import sys
 import time
 
@@ -79,10 +80,13 @@ def producer(bootstrap, topic, partitions, process, first, idempotent, seconds):
 
 def consumer(bootstrap, topic, group, process, seconds):
     process, seconds = int(process), float(seconds)
-    client = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                       "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                       "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
-                       "topic.metadata.refresh.interval.ms": 1000})
+    config = {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+              "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+              "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
+              "topic.metadata.refresh.interval.ms": 1000}
+    if os.environ.get("JEPSEN_CLIENT_DEBUG"):
+        config["debug"] = os.environ["JEPSEN_CLIENT_DEBUG"]
+    client = Consumer(config)
 
     def assigned(_, partitions):
         for p in partitions:
