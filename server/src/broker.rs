@@ -177,6 +177,7 @@ pub fn describe(cluster: &Cluster, topic: &TopicInfo) -> TopicDescription {
                     log_start_offset: status.as_ref().map_or(0, |s| s.log_start_offset.0),
                     high_watermark: status.as_ref().map_or(0, |s| s.high_watermark.0),
                     raft_first_index: status.as_ref().map_or(0, |s| s.raft_first_index),
+                    leader_epoch: status.as_ref().filter(|s| s.leader.is_some()).map_or(0, |s| s.leader_epoch),
                     voters: cluster
                         .partition_voters(&topic.name, p.partition)
                         .map(|voters| voters.iter().map(|n| n.0).collect())

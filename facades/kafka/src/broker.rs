@@ -25,6 +25,8 @@ pub(crate) struct Broker {
     pub coordinator: crate::groups::Coordinator,
     /// The transactions this node coordinates.
     pub transactions: crate::transactions::TxnCoordinator,
+    /// Leaders of partitions this node holds no replica of, as replicas told it.
+    pub remote_leaders: crate::leaders::RemoteLeaders,
     /// Users and mechanisms when SASL is on.
     pub authenticator: Option<crate::sasl::Authenticator>,
 }
@@ -49,6 +51,7 @@ pub async fn serve(
         producer_ids: Default::default(),
         coordinator,
         transactions: Default::default(),
+        remote_leaders: Default::default(),
         authenticator,
     });
     let connection_stop = stop.clone();
@@ -123,16 +126,24 @@ pub(crate) struct LeaderView {
 }
 
 impl Broker {
-    /// The leader of a partition: from the local replica when this node holds one, else the
-    /// preferred replica (the client is sent on and corrected by NOT_LEADER_OR_FOLLOWER).
+    /// The leader of a partition: from the local replica when this node holds one, else as a
+    /// replica last told this node ([`Broker::learn_leaders`]); unknown (-1) otherwise. Naming
+    /// a guess made clients flap between leaders and re-validate their positions (librdkafka
+    /// then skipped records, docs/jepsen.md).
     pub fn leader_view(&self, topic: &str, info: &PartitionInfo) -> LeaderView {
         match self.cluster.partition_status(topic, info.partition) {
             Some(status) => LeaderView {
                 leader_id: status.leader.map_or(-1, |n| n.0 as i32),
                 leader_epoch: if status.leader.is_some() { status.leader_epoch as i32 } else { -1 },
             },
-            None => LeaderView { leader_id: info.replicas.first().map_or(-1, |n| n.0 as i32), leader_epoch: -1 },
+            None => self.remote_leaders.known(topic, info.partition),
         }
+    }
+
+    /// Asks replicas of `topic`'s partitions this node does not hold who leads them, unless
+    /// the answers cached are recent (see [`crate::leaders::RemoteLeaders`]).
+    pub async fn learn_leaders(&self, topic: &str) {
+        self.remote_leaders.refresh(self, topic).await
     }
 }
 

@@ -85,6 +85,7 @@ async fn find(broker: &Broker, key: &str, key_type: i8) -> Found {
         return unavailable("the coordinator's internal topic is being created");
     };
     let partition = crate::shards::partition_for(key, partitions);
+    broker.learn_leaders(topic).await;
     let leader = broker
         .cluster
         .with_catalog(|c| c.partition(topic, partition).ok().map(|info| broker.leader_view(topic, info).leader_id));

@@ -18,6 +18,7 @@ mod fetch;
 mod find_coordinator;
 mod groups;
 mod init_producer_id;
+mod leaders;
 mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;

@@ -30,6 +30,14 @@ pub(crate) async fn handle(broker: &Broker, request: &mut Request) -> Reply {
         Some(topics) => Some(topics.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
     };
     let allow_create = broker.config.auto_create_topics && (version < 4 || body.allow_auto_topic_creation);
+    // Leaders of partitions this node holds no replica of come from their replicas.
+    let described: Vec<String> = match &requested {
+        None => catalog.topics.keys().cloned().collect(),
+        Some(names) => names.iter().filter(|n| catalog.topics.contains_key(*n)).cloned().collect(),
+    };
+    for topic in &described {
+        broker.learn_leaders(topic).await;
+    }
     let topics = match requested {
         None => catalog.topics.values().map(|topic| describe(broker, topic)).collect(),
         Some(names) => {

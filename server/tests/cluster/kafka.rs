@@ -192,6 +192,44 @@ async fn consumer_groups_rebalance_around_killed_members_and_offsets_survive_coo
     run(command, "groups.py admin");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_reports_the_same_leader_and_epoch_even_without_a_replica() {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
+
+    use crate::kafka_wire::{call, decode, name};
+
+    let cluster = kafka_cluster(3).await;
+    // One replica per partition: each node leads one partition and holds none of the others.
+    cluster.client().create_topic("spread", 3, 1).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut views = Vec::new();
+    loop {
+        views.clear();
+        for id in 1..=3 {
+            let mut stream = TcpStream::connect(&cluster.node(id).kafka).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let topic = MetadataRequestTopic::default().with_name(Some(name("spread")));
+            let request = MetadataRequest::default().with_topics(Some(vec![topic]));
+            let answer: MetadataResponse =
+                decode(call(&mut stream, ApiKey::Metadata, 12, 1, &request), ApiKey::Metadata, 12);
+            let mut partitions: Vec<(i32, i32, i32)> = answer.topics[0]
+                .partitions
+                .iter()
+                .map(|p| (p.partition_index, p.leader_id.0, p.leader_epoch))
+                .collect();
+            partitions.sort();
+            views.push(partitions);
+        }
+        let known = views.iter().all(|v| v.len() == 3 && v.iter().all(|(_, leader, epoch)| *leader > 0 && *epoch > 0));
+        if known && views.iter().all(|v| *v == views[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes disagree on leaders or do not know them: {views:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A frame of `body` with the 4-byte size prefix.
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut frame = (body.len() as i32).to_be_bytes().to_vec();
