@@ -37,6 +37,11 @@ pub struct ReplicationConfig {
     /// Raft entries kept behind the flushed point for followers that lag; one further behind
     /// is brought up to date with a snapshot instead.
     pub log_retained_entries: u64,
+    /// A partition leader that is not the preferred replica (the first in placement order)
+    /// hands leadership to it once it has led this long and the preferred replica is caught
+    /// up, so leaders spread again after failures (Kafka's preferred leader election).
+    /// 0 turns this off.
+    pub leader_balance_after_ms: u64,
     /// Largest record batch accepted by a partition.
     pub batch_bytes_max: usize,
     /// Segment size of partition logs unless a topic says otherwise.
@@ -73,6 +78,7 @@ impl Default for ReplicationConfig {
             flush_interval_ms: 1000,
             flush_bytes: 8 << 20,
             log_retained_entries: 10_000,
+            leader_balance_after_ms: 30_000,
             batch_bytes_max: 1024 * 1024 + 12,
             segment_bytes: 1 << 30,
             inbox_capacity: 8192,

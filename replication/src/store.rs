@@ -116,11 +116,22 @@ struct Group {
     /// Index of the last entry applied to the state machine — ahead of raft-rs's own `applied`
     /// between applying a Ready's entries and `advance_apply`, which is when logs are flushed.
     applied: u64,
+    /// Since when this node leads the group (for preferred-leader balancing).
+    led_since: Option<Instant>,
 }
 
 impl Group {
     fn new(raw: RawNode<GroupStorage>, kind: Kind, applied: u64) -> Group {
-        Group { raw, kind, pending: BTreeMap::new(), failed: false, idle_ticks: 0, hibernating: false, applied }
+        Group {
+            raw,
+            kind,
+            pending: BTreeMap::new(),
+            failed: false,
+            idle_ticks: 0,
+            hibernating: false,
+            applied,
+            led_since: None,
+        }
     }
 
     fn wake(&mut self) {
@@ -505,6 +516,9 @@ impl Store {
                 }
                 if soft.raft_state != StateRole::Leader {
                     group.fail_pending(leader);
+                    group.led_since = None;
+                } else if group.led_since.is_none() {
+                    group.led_since = Some(Instant::now());
                 }
             }
             for message in ready.take_messages() {
@@ -889,6 +903,7 @@ impl Store {
             }
             let current: std::collections::BTreeSet<u64> = conf.voters.iter().copied().collect();
             if current == desired {
+                Self::balance_leadership(group, *id, &catalog, me, self.config.leader_balance_after_ms);
                 continue;
             }
             if !desired.contains(&me) {
@@ -912,6 +927,35 @@ impl Store {
             if let Err(error) = group.raw.propose_conf_change(Vec::new(), change) {
                 warn!(group = id, %error, "proposing a conf change failed");
             }
+        }
+    }
+
+    /// Hands a partition's leadership to its preferred replica (first in placement order) when
+    /// this node has led it long enough and the preferred replica has every entry: leaders
+    /// spread out again after failures moved them.
+    fn balance_leadership(group: &mut Group, id: u64, catalog: &Catalog, me: u64, after_ms: u64) {
+        if after_ms == 0 || !matches!(group.kind, Kind::Partition(_)) {
+            return;
+        }
+        if group.led_since.is_none_or(|since| since.elapsed() < Duration::from_millis(after_ms)) {
+            return;
+        }
+        let preferred = catalog
+            .topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .find(|p| p.group.0 == id)
+            .and_then(|p| p.replicas.first())
+            .map(|n| n.0);
+        let Some(preferred) = preferred.filter(|p| *p != me) else { return };
+        let last = group.raw.raft.raft_log.last_index();
+        let caught_up = group.raw.raft.prs().get(preferred).is_some_and(|p| p.matched == last && p.recent_active);
+        if caught_up {
+            info!(group = id, to = preferred, "handing leadership back to the preferred replica");
+            // Wait another period before trying again if the transfer does not happen.
+            group.led_since = Some(Instant::now());
+            group.wake();
+            group.raw.transfer_leader(preferred);
         }
     }
 

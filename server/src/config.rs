@@ -35,6 +35,9 @@ pub struct RaftSettings {
     pub flush_bytes: u64,
     /// Raft entries kept behind the flushed point for lagging followers; beyond, snapshots.
     pub log_retained_entries: u64,
+    /// A leader that is not its partition's preferred replica hands leadership back after this
+    /// long (once the preferred replica is caught up); 0 turns it off.
+    pub leader_balance_after_ms: u64,
 }
 
 impl Default for RaftSettings {
@@ -47,6 +50,7 @@ impl Default for RaftSettings {
             flush_interval_ms: defaults.flush_interval_ms,
             flush_bytes: defaults.flush_bytes,
             log_retained_entries: defaults.log_retained_entries,
+            leader_balance_after_ms: defaults.leader_balance_after_ms,
         }
     }
 }
@@ -283,6 +287,7 @@ impl NodeConfig {
             flush_interval_ms: self.raft.flush_interval_ms,
             flush_bytes: self.raft.flush_bytes,
             log_retained_entries: self.raft.log_retained_entries,
+            leader_balance_after_ms: self.raft.leader_balance_after_ms,
             batch_bytes_max: self.batch_bytes_max,
             ..replication::ReplicationConfig::default()
         })

@@ -207,3 +207,45 @@ async fn a_graceful_stop_hands_leadership_over_before_exiting() {
     assert!(now.is_some_and(|l| l != leader), "leader after a graceful stop: {now:?}");
     assert_eq!(client.produce("handoff", 0, &[client::record(None, b"two")]).await.unwrap().0, 1);
 }
+
+/// The leader a node reports for partition 0 of `topic`, asking that node itself.
+async fn leader_seen_by_itself(cluster: &TestCluster, topic: &str) -> Option<u64> {
+    for id in 1..=3 {
+        let client = cluster.client_of(id).with_retry_deadline(Duration::from_millis(300));
+        if let Ok(description) = client.describe_topic(topic).await {
+            if description.partitions[0].leader == Some(id) {
+                return Some(id);
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_the_preferred_replica_after_it_recovers() {
+    let mut cluster = TestCluster::start_with(3, "[raft]\nleader_balance_after_ms = 1000\n");
+    cluster.wait_ready().await;
+    let client = cluster.client();
+    let preferred = client.create_topic("balanced", 1, 3).await.unwrap().partitions[0].replicas[0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while leader_seen_by_itself(&cluster, "balanced").await != Some(preferred) {
+        assert!(std::time::Instant::now() < deadline, "the preferred replica never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.kill(preferred);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = leader_seen_by_itself(&cluster, "balanced").await;
+        if leader.is_some_and(|l| l != preferred) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new leader after the kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.restart(preferred);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while leader_seen_by_itself(&cluster, "balanced").await != Some(preferred) {
+        assert!(std::time::Instant::now() < deadline, "leadership never went back to the preferred replica");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
