@@ -86,6 +86,10 @@ pub struct Client {
 struct Producer {
     id: i64,
     next_sequence: HashMap<(String, u32), i32>,
+    /// A produce was started and did not finish (an error, or its future was dropped): its
+    /// sequences may or may not be stored, so none may be reused — the next produce starts a
+    /// new producer id.
+    in_doubt: bool,
 }
 
 impl Client {
@@ -197,9 +201,10 @@ impl Client {
             return self.produce_batch(topic, partition, builder.build()?).await;
         };
         let mut producer = idempotence.lock().await;
-        if producer.is_none() {
+        if producer.as_ref().is_none_or(|p| p.in_doubt) {
+            *producer = None;
             let id = self.allocate_producer_ids(1).await?;
-            *producer = Some(Producer { id, next_sequence: HashMap::new() });
+            *producer = Some(Producer { id, next_sequence: HashMap::new(), in_doubt: false });
         }
         let state = producer.as_mut().expect("set above");
         let key = (topic.to_string(), partition);
@@ -208,17 +213,19 @@ impl Client {
         for record in records {
             builder.push(record);
         }
-        match self.produce_batch(topic, partition, builder.build()?).await {
+        let batch = builder.build()?;
+        // Reserved before sending: if this future is dropped mid-call, the sequence is not
+        // handed to another batch (the partition would take it for a retry of this one and
+        // answer with this one's offset — a lost write the Jepsen harness caught).
+        state.next_sequence.insert(key, sequence.wrapping_add(records.len() as i32) & i32::MAX);
+        state.in_doubt = true;
+        match self.produce_batch(topic, partition, batch).await {
             Ok(offsets) => {
-                let next = sequence.wrapping_add(records.len() as i32) & i32::MAX;
-                state.next_sequence.insert(key, next);
+                state.in_doubt = false;
                 Ok(offsets)
             }
-            Err(error) => {
-                // The batch may or may not be stored: a new producer id leaves no gap behind.
-                *producer = None;
-                Err(error)
-            }
+            // The batch may or may not be stored: `in_doubt` stays, a new producer id follows.
+            Err(error) => Err(error),
         }
     }
 
