@@ -122,7 +122,7 @@ fn read_all(
         answer.last_stable_offset = stable;
         answer.log_start_offset = log_start;
         if slot.fetch_offset < log_start || slot.fetch_offset > high_watermark {
-            tracing::info!(
+            tracing::debug!(
                 topic = %topic.as_str(),
                 partition = slot.partition,
                 fetch_offset = slot.fetch_offset,
