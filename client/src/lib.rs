@@ -308,6 +308,36 @@ impl Client {
         self.call(|mut c| async move { c.allocate_producer_ids(request).await }).await.map(|r| r.first)
     }
 
+    /// Raft groups whose voters, as some remaining node sees them, still include `id`: partitions
+    /// (one no remaining node can describe counts as pending too) and the metadata group. Once
+    /// this is 0 the node's data can be wiped and the id reused.
+    pub async fn removal_pending(&self, id: u64) -> Result<usize, Error> {
+        let status = self.cluster_status().await?;
+        let mut seen: std::collections::HashMap<(String, u32), bool> = std::collections::HashMap::new();
+        let mut metadata_pending = false;
+        for node in status.nodes.iter().filter(|n| !n.removed) {
+            let direct = Client::new(vec![node.address.clone()]).with_retry_deadline(std::time::Duration::from_secs(2));
+            match direct.cluster_status().await {
+                Ok(there) if !there.metadata_voters.contains(&id) => {}
+                _ => metadata_pending = true,
+            }
+            let Ok(topics) = direct.list_topics().await else { continue };
+            for topic in topics {
+                for partition in topic.partitions {
+                    let key = (topic.name.clone(), partition.partition);
+                    let settled = seen.entry(key).or_insert(true);
+                    if partition.voters.is_empty() {
+                        continue;
+                    }
+                    if partition.voters.contains(&id) || partition.replicas.contains(&id) {
+                        *settled = false;
+                    }
+                }
+            }
+        }
+        Ok(seen.values().filter(|settled| !**settled).count() + usize::from(metadata_pending))
+    }
+
     /// Removes a node: its replicas move to other nodes.
     pub async fn remove_node(&self, id: u64) -> Result<(), Error> {
         let request = RemoveNodeRequest { id };

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use jepsen::run::{self, Nemesis, Options};
+use jepsen::nemesis::Nemesis;
+use jepsen::run::{self, NetworkMode, Options};
 
 /// Jepsen-style consistency test of a real RobustMQ cluster.
 #[derive(Debug, Parser)]
@@ -17,8 +18,9 @@ struct Cli {
     /// The workload: native, kafka-queue or kafka-txn (mqtt-qos is not built yet).
     #[arg(long, default_value = "native")]
     workload: String,
-    /// Comma-separated fault kinds: kill, pause, partition (root: network namespaces), disk
-    /// (kill -9 and lose every unflushed partition-log byte).
+    /// Comma-separated fault kinds: kill, pause, partition, disk (kill -9 and lose every
+    /// unflushed partition-log byte), delay, loss, clock (libfaketime), membership (remove,
+    /// wipe and re-add a node; needs 4+ nodes).
     #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Node processes.
@@ -40,6 +42,10 @@ struct Cli {
     /// the run must then fail with lost writes.
     #[arg(long, value_name = "N")]
     inject: Option<u64>,
+    /// Links between nodes for network faults: netns (network namespaces, root), proxy (a
+    /// fault proxy per node pair, no root; the only way to delay or lose), auto.
+    #[arg(long, default_value = "auto")]
+    network: String,
 }
 
 fn main() {
@@ -75,6 +81,12 @@ fn execute(cli: Cli) -> anyhow::Result<bool> {
         results: results.clone(),
         robustmq,
         inject_drop_every: cli.inject,
+        network: match cli.network.as_str() {
+            "auto" => NetworkMode::Auto,
+            "netns" => NetworkMode::Netns,
+            "proxy" => NetworkMode::Proxy,
+            other => anyhow::bail!("unknown --network {other:?} (auto, netns, proxy)"),
+        },
     };
     println!("jepsen: seed {seed}, results in {}", results.display());
     let verdict = run::run(&options)?;

@@ -2,12 +2,13 @@
 //! injecting faults on a seeded schedule, then heal, recovery, a final read, the checker and
 //! the report.
 //!
-//! Built so far: the `native` workload (the project's own client: producers of unique values,
-//! one consumer per partition) and the `kill`, `pause` and `partition` faults. With
-//! `partition`, every node runs in a network namespace of its own (`net`); otherwise on
-//! loopback. The Kafka and MQTT workloads, delay/loss, clock and disk faults come next.
+//! Workloads: `native` (the project's own client: producers of unique values, one consumer per
+//! partition), `kafka-queue` and `kafka-txn` (Python workers on librdkafka and kafka-python).
+//! With network faults, nodes run each in a network namespace of its own (`net`, root) or on
+//! loopback addresses of their own behind a fault proxy per node pair (`proxy`); otherwise on
+//! loopback. The faults are in `nemesis`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,9 @@ use client::Client;
 
 use crate::checker::{self, Verdict};
 use crate::history::{Event, Function, Kind, Read};
+use crate::nemesis::{self, Links, Nemesis};
 use crate::net::Network;
+use crate::proxy::Proxies;
 use crate::report::{self, Fault};
 
 const TOPIC: &str = "jepsen";
@@ -29,31 +32,6 @@ const PRODUCERS: u64 = 4;
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the cluster may take to serve again after the final heal.
 const RECOVERY_MAX: Duration = Duration::from_secs(60);
-
-/// Fault kinds, Jepsen's names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Nemesis {
-    Kill,
-    Pause,
-    Partition,
-    /// kill -9, then every partition log of the node loses what was not fsynced (a power loss).
-    Disk,
-}
-
-impl Nemesis {
-    pub fn parse(name: &str) -> Result<Nemesis> {
-        match name {
-            "kill" => Ok(Nemesis::Kill),
-            "pause" => Ok(Nemesis::Pause),
-            "partition" => Ok(Nemesis::Partition),
-            "disk" => Ok(Nemesis::Disk),
-            "clock" | "membership" | "delay" | "loss" => {
-                bail!("nemesis {name:?} is not built yet (kill, pause, partition and disk are)")
-            }
-            other => bail!("unknown nemesis {other:?}"),
-        }
-    }
-}
 
 /// What a run is asked to do.
 #[derive(Clone, Debug)]
@@ -68,6 +46,19 @@ pub struct Options {
     /// Debug builds of the node only: acknowledge every N-th produce without appending it
     /// (the harness must then report lost writes).
     pub inject_drop_every: Option<u64>,
+    /// How links between nodes are made when a fault needs them.
+    pub network: NetworkMode,
+}
+
+/// How links between nodes are made when a fault needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Namespaces when root and only cuts are asked for; the proxies otherwise.
+    Auto,
+    /// Network namespaces (root): cuts only.
+    Netns,
+    /// A fault proxy per node pair (no root): cuts, delay, loss.
+    Proxy,
 }
 
 /// A small deterministic random source (xorshift64*): the schedule replays from the seed.
@@ -120,23 +111,11 @@ pub fn run(options: &Options) -> Result<Verdict> {
         .map(|every| ("ROBUSTMQ_INJECT_DROP_EVERY".to_string(), every.to_string()))
         .into_iter()
         .collect();
-    let mut network = if options.nemesis.contains(&Nemesis::Partition) {
-        if !Network::available() {
-            bail!("the partition nemesis needs root and iproute2 for network namespaces (the proxy fallback is not built)");
-        }
-        Some(Network::create(options.nodes, std::process::id())?)
-    } else {
-        None
-    };
-    let placement = match &network {
-        Some(network) => Placement::Namespaces(network.hosts()),
-        None => Placement::Loopback,
-    };
-    let mut cluster = LocalCluster::start_placed(&options.robustmq, &data, options.nodes, env, &placement)?;
+    let (mut cluster, mut links) = start_cluster(options, &data, env)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let outcome = runtime.block_on(drive(&mut cluster, network.as_mut(), options));
+    let outcome = runtime.block_on(drive(&mut cluster, &mut links, options));
     cluster.kill_all();
-    drop(network);
+    drop(links);
     let (history, faults, recovery) = outcome?;
     // kafka-queue's second producer has no idempotence: at-least-once (see kafka_workers).
     let at_least_once: BTreeSet<u64> = if options.workload == "kafka-queue" { [1001].into() } else { BTreeSet::new() };
@@ -146,9 +125,64 @@ pub fn run(options: &Options) -> Result<Verdict> {
     Ok(verdict)
 }
 
+/// Places the nodes as the faults need (see [`NetworkMode`]) and starts them.
+fn start_cluster(options: &Options, data: &std::path::Path, env: Vec<(String, String)>) -> Result<(LocalCluster, Links)> {
+    let needs_links = options.nemesis.iter().any(|n| n.needs_links());
+    let needs_proxies = options.nemesis.iter().any(|n| matches!(n, Nemesis::Delay | Nemesis::Loss));
+    if options.nemesis.contains(&Nemesis::Membership) && options.nodes <= 3 {
+        bail!("the membership nemesis needs more nodes than the replication factor 3 (--nodes 4 or more)");
+    }
+    let proxied = match options.network {
+        NetworkMode::Proxy => needs_links,
+        NetworkMode::Netns if needs_proxies => bail!("delay and loss need the proxies: --network proxy or auto"),
+        NetworkMode::Netns => false,
+        NetworkMode::Auto => needs_links && (needs_proxies || !Network::available()),
+    };
+    let (mut cluster, links) = if proxied {
+        let mut cluster = LocalCluster::plan(&options.robustmq, data, options.nodes, env, &Placement::LoopbackAddresses)?;
+        let targets = cluster.nodes.iter().map(|n| (n.id, n.grpc.clone())).collect();
+        let proxies = Proxies::start(&targets, options.seed)?;
+        for node in &mut cluster.nodes {
+            node.dial_via = proxies.dial_via(node.id);
+        }
+        (cluster, Links::Proxies(proxies))
+    } else if needs_links {
+        if !Network::available() {
+            bail!("network namespaces need root and iproute2 (--network proxy works without)");
+        }
+        let network = Network::create(options.nodes, std::process::id())?;
+        let cluster = LocalCluster::plan(&options.robustmq, data, options.nodes, env, &Placement::Namespaces(network.hosts()))?;
+        (cluster, Links::Namespaces(network))
+    } else {
+        (LocalCluster::plan(&options.robustmq, data, options.nodes, env, &Placement::Loopback)?, Links::Direct)
+    };
+    if options.nemesis.contains(&Nemesis::Clock) {
+        anyhow::ensure!(
+            std::path::Path::new(nemesis::LIBFAKETIME).is_file(),
+            "the clock nemesis needs libfaketime ({}; apt-get install faketime)",
+            nemesis::LIBFAKETIME
+        );
+        std::fs::create_dir_all(data)?;
+        for node in &mut cluster.nodes {
+            let file = nemesis::clock_file(data, node.id);
+            std::fs::write(&file, "+0\n")?;
+            node.env = vec![
+                ("LD_PRELOAD".into(), nemesis::LIBFAKETIME.into()),
+                ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+                ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+                ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+            ];
+        }
+    }
+    for id in 1..=options.nodes {
+        cluster.spawn(id)?;
+    }
+    Ok((cluster, links))
+}
+
 async fn drive(
     cluster: &mut LocalCluster,
-    network: Option<&mut Network>,
+    links: &mut Links,
     options: &Options,
 ) -> Result<(Vec<Event>, Vec<Fault>, Duration)> {
     cluster.wait_ready().await?;
@@ -164,7 +198,7 @@ async fn drive(
     if options.workload.starts_with("kafka-") {
         let bootstrap = cluster.nodes.iter().map(|n| n.kafka.clone()).collect::<Vec<_>>().join(",");
         let workers = kafka_workers(&bootstrap, &options.workload, options, &recorder)?;
-        let faults = nemesis(cluster, network, options, recorder.start).await?;
+        let faults = nemesis::run(cluster, links, options, recorder.start).await?;
         for worker in workers {
             let _ = tokio::task::spawn_blocking(move || worker.join()).await;
         }
@@ -195,7 +229,7 @@ async fn drive(
         tasks.push(tokio::spawn(consume(client, recorder, stop, 100 + partition as u64, partition)));
     }
 
-    let faults = nemesis(cluster, network, options, recorder.start).await?;
+    let faults = nemesis::run(cluster, links, options, recorder.start).await?;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
@@ -422,18 +456,6 @@ fn to_read(partition: u32, record: &log_store::batch::Record) -> Option<Read> {
     Some(Read { partition, offset: record.offset.0, value })
 }
 
-/// A power loss on a killed node: each partition log keeps only what it had fsynced (raft-engine
-/// fsyncs every write, so the Raft log loses nothing).
-fn lose_unflushed(node_dir: &std::path::Path) -> Result<u64> {
-    let mut lost = 0;
-    if let Ok(entries) = std::fs::read_dir(node_dir.join("partitions")) {
-        for entry in entries {
-            lost += log_store::fault::lose_unflushed(&entry?.path())?;
-        }
-    }
-    Ok(lost)
-}
-
 /// Reads a whole partition from its start to its high watermark.
 async fn read_everything(client: &Client, partition: u32) -> Result<Vec<Read>> {
     let mut reads = Vec::new();
@@ -457,75 +479,4 @@ async fn read_everything(client: &Client, partition: u32) -> Result<Vec<Read>> {
             return Ok(reads);
         }
     }
-}
-
-/// Injects faults until the time limit, then heals everything. Returns the fault windows.
-async fn nemesis(
-    cluster: &mut LocalCluster,
-    mut network: Option<&mut Network>,
-    options: &Options,
-    start: Instant,
-) -> Result<Vec<Fault>> {
-    let mut rng = Rng::new(options.seed ^ 0x006e_656d_6573_6973);
-    let mut faults = Vec::new();
-    let deadline = start + options.time_limit;
-    let ms = |at: Instant| at.duration_since(start).as_millis() as u64;
-    let mut down: HashSet<u64> = HashSet::new();
-    while Instant::now() < deadline {
-        // Quiet, then one fault on one node for a few seconds, then heal it.
-        tokio::time::sleep(Duration::from_millis(2000 + rng.below(3000))).await;
-        if options.nemesis.is_empty() || Instant::now() >= deadline {
-            continue;
-        }
-        let kind = options.nemesis[rng.below(options.nemesis.len() as u64) as usize];
-        let node = 1 + rng.below(options.nodes);
-        // A partition: one node alone, or a random minority.
-        let side: BTreeSet<u64> = if rng.below(2) == 0 {
-            [node].into()
-        } else {
-            let mut side = BTreeSet::from([node]);
-            while side.len() < (options.nodes as usize).div_ceil(2) - 1 {
-                side.insert(1 + rng.below(options.nodes));
-            }
-            side
-        };
-        let began = Instant::now();
-        let mut lost = 0;
-        match kind {
-            Nemesis::Kill => {
-                cluster.kill(node)?;
-                down.insert(node);
-            }
-            Nemesis::Pause => cluster.signal(node, libc::SIGSTOP),
-            Nemesis::Partition => network.as_deref_mut().context("no network")?.partition(&side)?,
-            Nemesis::Disk => {
-                cluster.kill(node)?;
-                down.insert(node);
-                lost = lose_unflushed(&cluster.node(node).dir)?;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(1000 + rng.below(4000))).await;
-        match kind {
-            Nemesis::Kill => {
-                cluster.spawn(node)?;
-                down.remove(&node);
-            }
-            Nemesis::Pause => cluster.signal(node, libc::SIGCONT),
-            Nemesis::Partition => network.as_deref_mut().context("no network")?.heal()?,
-            Nemesis::Disk => {
-                cluster.spawn(node)?;
-                down.remove(&node);
-            }
-        }
-        let what = match kind {
-            Nemesis::Partition => format!("partition {side:?} from the rest"),
-            Nemesis::Disk => format!("disk (power loss: {lost} unflushed bytes gone)"),
-            other => format!("{other:?}").to_lowercase(),
-        };
-        faults.push(Fault { kind: what, node, start_ms: ms(began), end_ms: ms(Instant::now()) });
-    }
-    for node in down {
-        cluster.spawn(node)?;
-    }
-    Ok(faults)
 }

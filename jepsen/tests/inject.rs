@@ -19,6 +19,7 @@ fn node_binary() -> PathBuf {
 
 fn options(inject: Option<u64>, results: &std::path::Path) -> Options {
     Options {
+        network: jepsen::run::NetworkMode::Auto,
         workload: "native".into(),
         nemesis: Vec::new(),
         nodes: 3,

@@ -153,6 +153,9 @@ pub(crate) enum Command {
 #[derive(Clone, Debug)]
 pub(crate) enum Change {
     Bootstrapped,
+    /// The whole catalog was replaced by a metadata snapshot (a node that joined, or was
+    /// re-added after being wiped): connect to every node, create the local replicas.
+    Restored,
     TopicCreated(TopicInfo),
     TopicDeleted(TopicInfo),
     /// The topic grew; its new partitions' replicas are to be created.

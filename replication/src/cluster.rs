@@ -31,6 +31,12 @@ pub(crate) struct Shared {
     pub metadata_leader: AtomicU64,
     pub inbox: Sender<StoreMsg>,
     pub peers: BTreeMap<NodeId, String>,
+    /// Where node-to-node connections go instead of the advertised address (`dial_via`).
+    pub dial_via: BTreeMap<u64, String>,
+    /// Index of the last metadata entry applied to `catalog` (what a metadata snapshot holds).
+    pub metadata_applied: AtomicU64,
+    /// The metadata group's voters as this node last applied them.
+    pub metadata_voters: RwLock<Vec<u64>>,
     pub stopped: AtomicBool,
     /// Entries each follower is behind, for groups this node leads: (group, follower) → lag.
     pub follower_lag: RwLock<BTreeMap<(GroupId, NodeId), u64>>,
@@ -51,6 +57,11 @@ impl Shared {
     pub(crate) fn address_of(&self, node: NodeId) -> Option<String> {
         let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
         catalog.nodes.get(&node).map(|n| n.address.clone()).or_else(|| self.peers.get(&node).cloned())
+    }
+
+    /// Where this node connects to reach `node`: its `dial_via` override, else its address.
+    pub(crate) fn dial_address(&self, node: NodeId) -> Option<String> {
+        self.dial_via.get(&node.0).cloned().or_else(|| self.address_of(node))
     }
 
     /// The local replica of a partition group.
@@ -114,6 +125,12 @@ impl Cluster {
         self.shared.address_of(node)
     }
 
+    /// Where this node connects to reach another node's native API (node-to-node traffic):
+    /// the configured `dial_via` override, else the node's advertised address.
+    pub fn dial_address(&self, node: NodeId) -> Option<String> {
+        self.shared.dial_address(node)
+    }
+
     /// A copy of the replicated catalog as this node has applied it.
     pub fn catalog(&self) -> Catalog {
         self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -122,6 +139,12 @@ impl Cluster {
     /// Reads the catalog in place (no copy), for callers that need a little of it often.
     pub fn with_catalog<R>(&self, read: impl FnOnce(&Catalog) -> R) -> R {
         read(&self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The metadata group's voters as this node last applied them (a removed node is gone
+    /// from here once its removal is committed).
+    pub fn metadata_voters(&self) -> Vec<NodeId> {
+        self.shared.metadata_voters.read().unwrap_or_else(|p| p.into_inner()).iter().copied().map(NodeId).collect()
     }
 
     /// The metadata group's leader as this node knows it.

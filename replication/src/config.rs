@@ -21,6 +21,10 @@ pub struct ReplicationConfig {
     /// Every node of the initial cluster, this one included; for a joining node, nodes to
     /// reach the cluster through.
     pub peers: Vec<PeerConfig>,
+    /// Node-to-node connections to these nodes (by id) go to these addresses instead of the
+    /// ones the nodes advertise: a proxy or a NAT in between (the Jepsen harness's fault
+    /// proxies). Clients are still told the advertised addresses.
+    pub dial_via: std::collections::BTreeMap<u64, String>,
     /// This node joins a running cluster (added with `add-node`) instead of founding one.
     pub join: bool,
     /// Raft tick period.
@@ -71,6 +75,7 @@ impl Default for ReplicationConfig {
             node_id: 1,
             data_dir: PathBuf::from("./data"),
             peers: vec![PeerConfig { id: 1, address: "127.0.0.1:9300".into() }],
+            dial_via: Default::default(),
             join: false,
             tick_ms: 50,
             election_ticks: 10,

@@ -3,6 +3,12 @@
 //! Entries live in raft-engine under the group id; the hard state, conf state and apply state
 //! are raft-engine key-values of the group. This struct caches the hard and conf state (raft-rs
 //! reads them only at start) and reads entries straight from the engine.
+//!
+//! A group founded with voters starts as if a snapshot at index [`INIT_INDEX`] held its first
+//! configuration (as TiKV does): its log begins after that index, so a replica added later —
+//! which starts empty, knowing no voters — always receives a snapshot, whose metadata carries
+//! the configuration, and never rebuilds it from conf-change entries alone (which would leave
+//! out the founders and let it elect itself in a group of one).
 
 use std::sync::Arc;
 
@@ -11,6 +17,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use raft_engine::{LogBatch, MessageExt};
 
+use crate::cluster::Shared;
 use crate::engine_fs::NodeEngine;
 
 use crate::error::{Error, Result};
@@ -19,6 +26,12 @@ const HARD_STATE_KEY: &[u8] = b"hard_state";
 const CONF_STATE_KEY: &[u8] = b"conf_state";
 const APPLY_STATE_KEY: &[u8] = b"apply_state";
 const TRUNCATED_STATE_KEY: &[u8] = b"truncated_state";
+/// The metadata group's catalog as of its truncated index (an installed snapshot).
+const METADATA_IMAGE_KEY: &[u8] = b"metadata_image";
+
+/// Index (and term) of the implicit snapshot a founded group starts from.
+pub(crate) const INIT_INDEX: u64 = 5;
+pub(crate) const INIT_TERM: u64 = 5;
 
 /// Tells raft-engine how to find the index of a raft-rs entry.
 #[derive(Clone, Copy, Debug)]
@@ -64,24 +77,31 @@ pub(crate) struct GroupStorage {
     term_runs: std::collections::BTreeMap<u64, u64>,
     /// The first index `term_runs` covers; older entries are read from the engine.
     terms_from: u64,
+    /// For the metadata group: where its snapshots come from (the catalog as applied).
+    catalog: Option<Arc<Shared>>,
 }
 
 impl GroupStorage {
-    /// Loads a group's state; `voters` initialises a group the engine has never seen.
+    /// Loads a group's state. A group the engine has never seen is founded with `voters`
+    /// (at [`INIT_INDEX`]), or, with none, starts empty to be brought in by a snapshot.
     pub fn open(engine: Arc<NodeEngine>, group: u64, voters: &[u64]) -> Result<(GroupStorage, bool)> {
-        let hard_state: Option<HardState> = engine.get_message(group, HARD_STATE_KEY).map_err(engine_error)?;
         let conf_state: Option<ConfState> = engine.get_message(group, CONF_STATE_KEY).map_err(engine_error)?;
         let existed = conf_state.is_some();
-        let conf_state = match conf_state {
-            Some(conf_state) => conf_state,
-            None => {
-                let conf_state = ConfState { voters: voters.to_vec(), ..ConfState::default() };
-                let mut batch = LogBatch::default();
-                batch.put_message(group, CONF_STATE_KEY.to_vec(), &conf_state).map_err(engine_error)?;
-                engine.write(&mut batch, true).map_err(engine_error)?;
-                conf_state
+        if !existed {
+            let conf_state = ConfState { voters: voters.to_vec(), ..ConfState::default() };
+            let mut batch = LogBatch::default();
+            batch.put_message(group, CONF_STATE_KEY.to_vec(), &conf_state).map_err(engine_error)?;
+            if !voters.is_empty() {
+                let hard_state = HardState { term: INIT_TERM, commit: INIT_INDEX, ..HardState::default() };
+                batch.put_message(group, HARD_STATE_KEY.to_vec(), &hard_state).map_err(engine_error)?;
+                batch.put(group, TRUNCATED_STATE_KEY.to_vec(), pair(INIT_INDEX, INIT_TERM)).map_err(engine_error)?;
+                batch.put(group, APPLY_STATE_KEY.to_vec(), pair(INIT_INDEX, 0)).map_err(engine_error)?;
             }
-        };
+            engine.write(&mut batch, true).map_err(engine_error)?;
+        }
+        let hard_state: Option<HardState> = engine.get_message(group, HARD_STATE_KEY).map_err(engine_error)?;
+        let conf_state: ConfState =
+            engine.get_message(group, CONF_STATE_KEY).map_err(engine_error)?.unwrap_or_default();
         let truncated = engine
             .get(group, TRUNCATED_STATE_KEY)
             .filter(|value| value.len() == 16)
@@ -96,8 +116,29 @@ impl GroupStorage {
             truncated,
             term_runs: std::collections::BTreeMap::new(),
             terms_from,
+            catalog: None,
         };
         Ok((storage, existed))
+    }
+
+    /// Makes this the metadata group's storage: its snapshots carry the catalog as applied.
+    pub fn serve_catalog(&mut self, shared: Arc<Shared>) {
+        self.catalog = Some(shared);
+    }
+
+    /// The index of the last entry not in the log (compacted, or covered by a snapshot).
+    pub fn truncated_index(&self) -> u64 {
+        self.truncated.0
+    }
+
+    /// The catalog an installed metadata snapshot left (as of the truncated index), if any.
+    pub fn metadata_image(&self) -> Option<Vec<u8>> {
+        self.engine.get(self.group, METADATA_IMAGE_KEY)
+    }
+
+    /// Records the catalog of an installed metadata snapshot.
+    pub fn stage_metadata_image(&self, batch: &mut LogBatch, image: &[u8]) -> Result<()> {
+        batch.put(self.group, METADATA_IMAGE_KEY.to_vec(), image.to_vec()).map_err(engine_error)
     }
 
     /// Entries up to `applied` were committed before they were applied: make sure the hard
@@ -130,10 +171,7 @@ impl GroupStorage {
 
     /// Records where the partition log stood at its last flush.
     pub fn stage_apply_state(&self, batch: &mut LogBatch, state: ApplyState) -> Result<()> {
-        let mut value = Vec::with_capacity(16);
-        value.extend_from_slice(&state.applied_index.to_be_bytes());
-        value.extend_from_slice(&state.next_offset.to_be_bytes());
-        batch.put(self.group, APPLY_STATE_KEY.to_vec(), value).map_err(engine_error)
+        batch.put(self.group, APPLY_STATE_KEY.to_vec(), pair(state.applied_index, state.next_offset)).map_err(engine_error)
     }
 
     /// The apply state recorded by the last flush, if any.
@@ -180,10 +218,7 @@ impl GroupStorage {
     }
 
     fn stage_truncated(&mut self, batch: &mut LogBatch, truncated: (u64, u64)) -> Result<()> {
-        let mut value = Vec::with_capacity(16);
-        value.extend_from_slice(&truncated.0.to_be_bytes());
-        value.extend_from_slice(&truncated.1.to_be_bytes());
-        batch.put(self.group, TRUNCATED_STATE_KEY.to_vec(), value).map_err(engine_error)?;
+        batch.put(self.group, TRUNCATED_STATE_KEY.to_vec(), pair(truncated.0, truncated.1)).map_err(engine_error)?;
         self.truncated = truncated;
         Ok(())
     }
@@ -262,10 +297,25 @@ impl Storage for GroupStorage {
         Ok(self.engine.last_index(self.group).unwrap_or(self.truncated.0))
     }
 
-    /// A snapshot at the last flushed apply state: the partition log up to its next offset is
-    /// durable on this replica, which serves it to the follower over `ReadReplica`.
+    /// A partition's snapshot is its last flushed apply state: the partition log up to its
+    /// next offset is durable on this replica, which serves it to the follower over
+    /// `ReadReplica`. The metadata group's is the catalog as applied, carried in the snapshot.
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        if let Some(shared) = &self.catalog {
+            // The store loop applies and snapshots on one thread: catalog, index and conf
+            // state agree.
+            let index = shared.metadata_applied.load(std::sync::atomic::Ordering::Acquire).max(self.truncated.0);
+            let term = self.term(index)?;
+            let catalog = shared.catalog.read().unwrap_or_else(|p| p.into_inner());
+            let data = serde_json::to_vec(&*catalog).map_err(|_| unavailable())?;
+            let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
+            let metadata = snapshot.mut_metadata();
+            metadata.index = index;
+            metadata.term = term;
+            metadata.set_conf_state(self.conf_state.clone());
+            return Ok(snapshot);
+        }
         let state = self.apply_state().ok_or_else(unavailable)?;
         let term = self.term(state.applied_index)?;
         let data = serde_json::to_vec(&SnapshotData { next_offset: state.next_offset }).map_err(|_| unavailable())?;
@@ -276,6 +326,14 @@ impl Storage for GroupStorage {
         metadata.set_conf_state(self.conf_state.clone());
         Ok(snapshot)
     }
+}
+
+/// Two numbers as 16 big-endian bytes (the truncated and apply states).
+fn pair(a: u64, b: u64) -> Vec<u8> {
+    let mut value = Vec::with_capacity(16);
+    value.extend_from_slice(&a.to_be_bytes());
+    value.extend_from_slice(&b.to_be_bytes());
+    value
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {

@@ -171,7 +171,7 @@ impl Group {
 pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
     let runtime = tokio::runtime::Handle::current();
     let (inbox, receiver) = crossbeam_channel::bounded(config.inbox_capacity);
-    let transport = Transport::start(config.node_id, &config.peers, runtime.clone(), inbox.clone());
+    let transport = Transport::start(&config, runtime.clone(), inbox.clone());
     let file_system = Arc::new(NodeFileSystem::default());
     let (store, shared) = Store::open(config, Box::new(transport), Some(runtime), (inbox, receiver), file_system)?;
     std::thread::Builder::new()
@@ -229,6 +229,9 @@ impl Store {
             metadata_leader: AtomicU64::new(0),
             inbox,
             peers: config.peers.iter().map(|peer| (NodeId(peer.id), peer.address.clone())).collect(),
+            dial_via: config.dial_via.clone(),
+            metadata_voters: RwLock::new(Vec::new()),
+            metadata_applied: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             follower_lag: RwLock::new(BTreeMap::new()),
             topic_defaults: TopicDefaults {
@@ -252,14 +255,33 @@ impl Store {
             last_purge: Instant::now(),
             last_reconcile: Instant::now(),
         };
-        let (storage, existed) = GroupStorage::open(store.engine.clone(), METADATA_GROUP.0, &voters)?;
+        let (mut storage, existed) = GroupStorage::open(store.engine.clone(), METADATA_GROUP.0, &voters)?;
+        storage.serve_catalog(shared.clone());
+        // A node brought in by a metadata snapshot starts from the catalog it carried; the
+        // entries after it are applied again as usual.
+        let restored = match storage.metadata_image() {
+            Some(image) => {
+                let catalog: Catalog = serde_json::from_slice(&image)
+                    .map_err(|e| Error::Engine(format!("undecodable metadata image: {e}")))?;
+                *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = catalog;
+                true
+            }
+            None => false,
+        };
+        let metadata_applied = storage.truncated_index();
+        shared.metadata_applied.store(metadata_applied, Ordering::Release);
         let mut raw =
             RawNode::new(&store.raft_config(0), storage, &store.logger).map_err(|e| Error::Engine(e.to_string()))?;
+        *shared.metadata_voters.write().unwrap_or_else(|p| p.into_inner()) =
+            raw.raft.prs().conf().to_conf_state().voters;
         if !existed && voters.len() == 1 {
             // A brand-new single-node cluster need not wait an election timeout.
             let _ = raw.campaign();
         }
-        store.groups.insert(METADATA_GROUP.0, Group::new(raw, Kind::Metadata, 0));
+        store.groups.insert(METADATA_GROUP.0, Group::new(raw, Kind::Metadata, metadata_applied));
+        if restored {
+            store.on_catalog_change(Change::Restored);
+        }
         Ok((store, shared))
     }
 
@@ -388,7 +410,7 @@ impl Store {
                             // message is stepped once it is in place.
                             if let Some(runtime) = self.runtime.as_ref().filter(|_| !self.installing.contains(&id)) {
                                 self.installing.insert(id);
-                                let source = self.shared.address_of(NodeId(message.from));
+                                let source = self.shared.dial_address(NodeId(message.from));
                                 let local_next = replica.next_offset();
                                 let inbox = self.shared.inbox.clone();
                                 runtime.spawn(install_snapshot(inbox, source, id, message, local_next));
@@ -525,7 +547,7 @@ impl Store {
                 outbound.entry(message.to).or_default().push((id, message));
             }
             if !ready.snapshot().is_empty() {
-                Self::apply_snapshot(group, id, ready.snapshot(), &mut batch);
+                changes.extend(Self::apply_snapshot(&self.shared, group, id, ready.snapshot(), &mut batch));
             }
             let committed = ready.take_committed_entries();
             changes.extend(Self::apply(&self.shared, group, id, &committed, &mut batch));
@@ -618,6 +640,9 @@ impl Store {
         let mut changes = Vec::new();
         for entry in entries {
             group.applied = entry.index;
+            if matches!(group.kind, Kind::Metadata) {
+                shared.metadata_applied.store(entry.index, Ordering::Release);
+            }
             let waiting = group.pending.remove(&entry.index);
             // Proposals older than this entry were overwritten by another leader.
             let stale: Vec<u64> = group.pending.range(..entry.index).map(|(index, _)| *index).collect();
@@ -635,7 +660,7 @@ impl Store {
                 None => None,
             };
             if entry.get_entry_type() != EntryType::EntryNormal {
-                Self::apply_conf_change(group, entry, batch);
+                Self::apply_conf_change(shared, group, entry, batch);
                 continue;
             }
             if entry.data.is_empty() || group.failed {
@@ -682,12 +707,52 @@ impl Store {
         changes
     }
 
-    /// Records an installed snapshot: its data was pulled and appended before the message was
-    /// stepped, so here the log is flushed and the Raft state replaced.
-    fn apply_snapshot(group: &mut Group, id: u64, snapshot: &raft::eraftpb::Snapshot, batch: &mut LogBatch) {
+    /// Installs a metadata snapshot: the catalog it carries replaces this node's (and is kept
+    /// as the image the node restarts from), and the Raft state is replaced.
+    fn apply_metadata_snapshot(
+        shared: &Shared,
+        group: &mut Group,
+        snapshot: &raft::eraftpb::Snapshot,
+        batch: &mut LogBatch,
+    ) -> Option<Change> {
+        let catalog: Catalog = match serde_json::from_slice(snapshot.get_data()) {
+            Ok(catalog) => catalog,
+            Err(error) => {
+                error!(%error, "undecodable metadata snapshot; the metadata group stops applying");
+                group.failed = true;
+                return None;
+            }
+        };
+        let index = snapshot.get_metadata().index;
+        let storage = group.raw.mut_store();
+        let staged = storage
+            .apply_snapshot(batch, snapshot, 0)
+            .and_then(|()| storage.stage_metadata_image(batch, snapshot.get_data()));
+        if let Err(error) = staged {
+            error!(%error, "cannot record a metadata snapshot; the metadata group stops applying");
+            group.failed = true;
+            return None;
+        }
+        *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = catalog;
+        *shared.metadata_voters.write().unwrap_or_else(|p| p.into_inner()) =
+            snapshot.get_metadata().get_conf_state().voters.clone();
+        shared.metadata_applied.store(index, Ordering::Release);
+        group.applied = index;
+        info!(index, "installed a metadata snapshot");
+        Some(Change::Restored)
+    }
+
+    /// Records an installed snapshot. A partition's data was pulled and appended before the
+    /// message was stepped, so here the log is flushed and the Raft state replaced.
+    fn apply_snapshot(
+        shared: &Shared,
+        group: &mut Group,
+        id: u64,
+        snapshot: &raft::eraftpb::Snapshot,
+        batch: &mut LogBatch,
+    ) -> Option<Change> {
         let Kind::Partition(replica) = &mut group.kind else {
-            error!(group = id, "the metadata group cannot install snapshots");
-            return;
+            return Self::apply_metadata_snapshot(shared, group, snapshot, batch);
         };
         let data: Option<SnapshotData> = serde_json::from_slice(snapshot.get_data()).ok();
         let installed = match data {
@@ -712,6 +777,7 @@ impl Store {
                 group.failed = true;
             }
         }
+        None
     }
 
     /// Reports snapshots that were never acknowledged as failed, so the leader retries.
@@ -734,7 +800,7 @@ impl Store {
         }
     }
 
-    fn apply_conf_change(group: &mut Group, entry: &Entry, batch: &mut LogBatch) {
+    fn apply_conf_change(shared: &Shared, group: &mut Group, entry: &Entry, batch: &mut LogBatch) {
         use protobuf::Message as _;
         let conf_state = match entry.get_entry_type() {
             EntryType::EntryConfChange => raft::eraftpb::ConfChange::parse_from_bytes(&entry.data)
@@ -745,8 +811,11 @@ impl Store {
                 .and_then(|change| group.raw.apply_conf_change(&change).ok()),
         };
         if let Some(conf_state) = conf_state {
-            if let Kind::Partition(replica) = &group.kind {
-                replica.handle.set_voters(&conf_state);
+            match &group.kind {
+                Kind::Partition(replica) => replica.handle.set_voters(&conf_state),
+                Kind::Metadata => {
+                    *shared.metadata_voters.write().unwrap_or_else(|p| p.into_inner()) = conf_state.voters.clone()
+                }
             }
             if let Err(error) = group.raw.mut_store().stage_conf_state(batch, conf_state) {
                 error!(%error, "cannot record a conf change");
@@ -762,6 +831,24 @@ impl Store {
                 let nodes = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).nodes.clone();
                 for node in nodes.values() {
                     self.transport.add_peer(node.id.0, &node.address);
+                }
+            }
+            Change::Restored => {
+                let catalog = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).clone();
+                for node in catalog.nodes.values().filter(|node| !node.removed) {
+                    self.transport.add_peer(node.id.0, &node.address);
+                }
+                // Replicas placed here: opened if they exist, else created empty for their
+                // leader to bring in (never founded: the groups run already).
+                for topic in catalog.topics.values() {
+                    for info in &topic.partitions {
+                        if !info.replicas.contains(&me) || self.groups.contains_key(&info.group.0) {
+                            continue;
+                        }
+                        if let Err(error) = self.create_replica(topic, info.partition, false) {
+                            error!(topic = %topic.name, partition = info.partition, %error, "cannot open the local replica");
+                        }
+                    }
                 }
             }
             Change::EndpointsSet | Change::ProducerIdsAllocated { .. } => {}

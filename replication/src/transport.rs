@@ -21,7 +21,7 @@ use tracing::{debug, info};
 use std::sync::Arc;
 
 use crate::cluster::Shared;
-use crate::config::PeerConfig;
+use crate::config::ReplicationConfig;
 use crate::raft_storage::{decode_message, encode_message};
 use crate::store::StoreMsg;
 
@@ -46,6 +46,8 @@ pub(crate) trait Outbox: Send {
 pub(crate) struct Transport {
     node_id: u64,
     peers: HashMap<u64, mpsc::Sender<RaftBatch>>,
+    /// Addresses that replace the advertised ones (`ReplicationConfig::dial_via`).
+    dial_via: std::collections::BTreeMap<u64, String>,
     runtime: tokio::runtime::Handle,
     /// Where a lost peer is reported, so groups it leads wake up (see quiescence in `store`).
     inbox: Sender<StoreMsg>,
@@ -53,14 +55,15 @@ pub(crate) struct Transport {
 
 impl Transport {
     /// Starts one connection task per peer (inside the current tokio runtime).
-    pub fn start(
-        node_id: u64,
-        peers: &[PeerConfig],
-        runtime: tokio::runtime::Handle,
-        inbox: Sender<StoreMsg>,
-    ) -> Transport {
-        let mut transport = Transport { node_id, peers: HashMap::new(), runtime, inbox };
-        for peer in peers {
+    pub fn start(config: &ReplicationConfig, runtime: tokio::runtime::Handle, inbox: Sender<StoreMsg>) -> Transport {
+        let mut transport = Transport {
+            node_id: config.node_id,
+            peers: HashMap::new(),
+            dial_via: config.dial_via.clone(),
+            runtime,
+            inbox,
+        };
+        for peer in &config.peers {
             transport.add_peer(peer.id, &peer.address);
         }
         transport
@@ -74,6 +77,7 @@ impl Outbox for Transport {
             return;
         }
         let (sender, queue) = mpsc::channel(PEER_QUEUE_BATCHES);
+        let address = self.dial_via.get(&id).map_or(address, String::as_str);
         self.runtime.spawn(peer_link(id, address.to_string(), queue, self.inbox.clone()));
         self.peers.insert(id, sender);
     }

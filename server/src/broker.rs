@@ -44,7 +44,7 @@ impl BrokerService {
             None => {
                 let address = self
                     .cluster
-                    .address_of(node)
+                    .dial_address(node)
                     .ok_or_else(|| Status::unavailable(format!("no address for node {node}")))?;
                 let channel = Endpoint::from_shared(format!("http://{address}"))
                     .map_err(|e| Status::internal(e.to_string()))?
@@ -432,5 +432,6 @@ pub fn cluster_status(cluster: &Cluster) -> ClusterStatusResponse {
                 endpoints: node.endpoints.clone().into_iter().collect(),
             })
             .collect(),
+        metadata_voters: cluster.metadata_voters().into_iter().map(|n| n.0).collect(),
     }
 }

@@ -341,7 +341,7 @@ pub async fn remove_node(connection: &Connection, id: u64, timeout_s: u64) -> an
     client.remove_node(id).await?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
     loop {
-        let pending = partitions_still_voting(&client, id).await?;
+        let pending = client.removal_pending(id).await?;
         if pending == 0 {
             break;
         }
@@ -357,26 +357,3 @@ pub async fn remove_node(connection: &Connection, id: u64, timeout_s: u64) -> an
     Ok(())
 }
 
-/// Partitions whose voters, as some node's replica sees them, still include `id`; a partition
-/// no remaining node can describe counts as pending too.
-async fn partitions_still_voting(client: &Client, id: u64) -> anyhow::Result<usize> {
-    let status = client.cluster_status().await?;
-    let mut seen: std::collections::HashMap<(String, u32), bool> = std::collections::HashMap::new();
-    for node in status.nodes.iter().filter(|n| !n.removed) {
-        let direct = Client::new(vec![node.address.clone()]).with_retry_deadline(std::time::Duration::from_secs(2));
-        let Ok(topics) = direct.list_topics().await else { continue };
-        for topic in topics {
-            for partition in topic.partitions {
-                let key = (topic.name.clone(), partition.partition);
-                let settled = seen.entry(key).or_insert(true);
-                if partition.voters.is_empty() {
-                    continue;
-                }
-                if partition.voters.contains(&id) || partition.replicas.contains(&id) {
-                    *settled = false;
-                }
-            }
-        }
-    }
-    Ok(seen.values().filter(|settled| !**settled).count())
-}

@@ -192,6 +192,9 @@ pub struct NodeConfig {
     pub admin_listen: String,
     /// Every node of the initial cluster, this one included; empty means a one-node cluster.
     pub peers: Vec<Peer>,
+    /// Node-to-node connections to these nodes go to these addresses instead of the ones the
+    /// nodes advertise (a proxy or NAT in between); clients are still told the advertised ones.
+    pub dial_via: Vec<Peer>,
     /// Join a running cluster (then add this node with `robustmq cluster add-node`) instead of
     /// founding one with `peers`.
     pub join: bool,
@@ -212,6 +215,7 @@ impl Default for NodeConfig {
             advertised_address: None,
             admin_listen: "0.0.0.0:8080".into(),
             peers: Vec::new(),
+            dial_via: Vec::new(),
             join: false,
             batch_bytes_max: replication::ReplicationConfig::default().batch_bytes_max,
             raft: RaftSettings::default(),
@@ -280,6 +284,7 @@ impl NodeConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
             peers,
+            dial_via: self.dial_via.iter().map(|p| (p.id, p.address.clone())).collect(),
             join: self.join,
             tick_ms: self.raft.tick_ms,
             election_ticks: self.raft.election_ticks,

@@ -117,6 +117,10 @@ struct ServeArgs {
     /// A member of the initial cluster as ID=HOST:PORT; repeat for each (this node included).
     #[arg(long = "peer", value_parser = parse_peer)]
     peers: Vec<Peer>,
+    /// Connect to node ID at HOST:PORT instead of its advertised address (a proxy or NAT in
+    /// between) as ID=HOST:PORT; repeat for each.
+    #[arg(long = "dial-via", value_parser = parse_peer)]
+    dial_via: Vec<Peer>,
     /// Join a running cluster (reached through the --peer nodes) instead of founding one.
     #[arg(long)]
     join: bool,
@@ -157,6 +161,9 @@ impl ServeArgs {
         }
         if !self.peers.is_empty() {
             config.peers = self.peers;
+        }
+        if !self.dial_via.is_empty() {
+            config.dial_via = self.dial_via;
         }
         if self.join {
             config.join = true;

@@ -26,6 +26,12 @@ pub struct Node {
     starts: u32,
     /// The network namespace the node runs in, if any.
     netns: Option<String>,
+    /// `ID=HOST:PORT` overrides of where this node connects to its peers (`--dial-via`).
+    pub dial_via: Vec<String>,
+    /// Extra environment of this node only (beside the cluster's).
+    pub env: Vec<(String, String)>,
+    /// Start with `--join` (a node re-added after it was removed and wiped).
+    pub join: bool,
 }
 
 /// Where node processes run.
@@ -33,6 +39,9 @@ pub struct Node {
 pub enum Placement {
     /// 127.0.0.1 with free ports.
     Loopback,
+    /// Node i (from 1) on loopback address 127.0.1.i with free ports: each node has an address
+    /// of its own, as on separate machines (the Jepsen harness's fallback without root).
+    LoopbackAddresses,
     /// Node i (from 1) in namespace `namespaces[i - 1].0`, listening on its address `.1`.
     Namespaces(Vec<(String, String)>),
 }
@@ -46,8 +55,24 @@ pub struct LocalCluster {
     env: Vec<(String, String)>,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+fn free_port_on(ip: &str) -> Result<u16> {
+    Ok(TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}"))?.local_addr()?.port())
+}
+
+fn loopback_node(id: u64, dir: PathBuf, ip: &str) -> Result<Node> {
+    Ok(Node {
+        id,
+        dir,
+        grpc: format!("{ip}:{}", free_port_on(ip)?),
+        admin: format!("{ip}:{}", free_port_on(ip)?),
+        kafka: format!("{ip}:{}", free_port_on(ip)?),
+        child: None,
+        starts: 0,
+        netns: None,
+        dial_via: Vec::new(),
+        env: Vec::new(),
+        join: false,
+    })
 }
 
 impl LocalCluster {
@@ -72,20 +97,28 @@ impl LocalCluster {
         env: Vec<(String, String)>,
         placement: &Placement,
     ) -> Result<LocalCluster> {
+        let mut cluster = LocalCluster::plan(binary, root, size, env, placement)?;
+        for id in 1..=size {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Chooses every node's addresses without starting any (then adjust the nodes, e.g. their
+    /// `dial_via`, and [`spawn`](Self::spawn) each).
+    pub fn plan(
+        binary: &Path,
+        root: &Path,
+        size: u64,
+        env: Vec<(String, String)>,
+        placement: &Placement,
+    ) -> Result<LocalCluster> {
         let mut nodes = Vec::new();
         for id in 1..=size {
             let dir = root.join(format!("node{id}"));
             let node = match placement {
-                Placement::Loopback => Node {
-                    id,
-                    dir,
-                    grpc: format!("127.0.0.1:{}", free_port()?),
-                    admin: format!("127.0.0.1:{}", free_port()?),
-                    kafka: format!("127.0.0.1:{}", free_port()?),
-                    child: None,
-                    starts: 0,
-                    netns: None,
-                },
+                Placement::Loopback => loopback_node(id, dir, "127.0.0.1")?,
+                Placement::LoopbackAddresses => loopback_node(id, dir, &format!("127.0.1.{id}"))?,
                 Placement::Namespaces(hosts) => {
                     let (netns, address) = hosts.get(id as usize - 1).context("fewer namespaces than nodes")?;
                     Node {
@@ -97,21 +130,24 @@ impl LocalCluster {
                         child: None,
                         starts: 0,
                         netns: Some(netns.clone()),
+                        dial_via: Vec::new(),
+                        env: Vec::new(),
+                        join: false,
                     }
                 }
             };
             nodes.push(node);
         }
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
-        let mut cluster = LocalCluster { binary: binary.to_path_buf(), nodes, peers, env };
-        for id in 1..=size {
-            cluster.spawn(id)?;
-        }
-        Ok(cluster)
+        Ok(LocalCluster { binary: binary.to_path_buf(), nodes, peers, env })
     }
 
     pub fn node(&self, id: u64) -> &Node {
         &self.nodes[(id - 1) as usize]
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
     }
 
     /// Starts (again) node `id` with its data directory and ports; stderr goes to
@@ -146,7 +182,13 @@ impl LocalCluster {
         for peer in &peers {
             command.args(["--peer", peer]);
         }
-        command.envs(env);
+        for via in &node.dial_via {
+            command.args(["--dial-via", via]);
+        }
+        if node.join {
+            command.arg("--join");
+        }
+        command.envs(env).envs(node.env.iter().cloned());
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             command.pre_exec(|| {

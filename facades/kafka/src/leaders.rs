@@ -42,7 +42,7 @@ impl RemoteLeaders {
         if let Some(client) = clients.get(&node) {
             return Some(client.clone());
         }
-        let address = broker.cluster.address_of(node)?;
+        let address = broker.cluster.dial_address(node)?;
         let client = std::sync::Arc::new(client::Client::new(vec![address]).with_retry_deadline(ASK_TIMEOUT));
         clients.insert(node, client.clone());
         Some(client)

@@ -7,11 +7,22 @@ use std::time::Duration;
 use crate::harness::{assert_same_log, replica_values, TestCluster};
 
 /// Waits until every partition's voters, as the given nodes' replicas see them, equal its
-/// replicas and exclude `gone`.
+/// replicas and exclude `gone`, and the metadata group's voters, as each of them sees them,
+/// are exactly `nodes`.
 async fn wait_for_settled_voters(cluster: &TestCluster, nodes: &[u64], topic: &str, gone: u64) {
+    let mut members = nodes.to_vec();
+    members.sort();
     for _ in 0..400 {
         let mut settled = true;
         for id in nodes {
+            match cluster.client_of(*id).with_retry_deadline(Duration::from_secs(2)).cluster_status().await {
+                Ok(status) => {
+                    let mut voters = status.metadata_voters.clone();
+                    voters.sort();
+                    settled &= voters == members;
+                }
+                Err(_) => settled = false,
+            }
             let Ok(description) =
                 cluster.client_of(*id).with_retry_deadline(Duration::from_secs(2)).describe_topic(topic).await
             else {
@@ -36,9 +47,22 @@ async fn wait_for_settled_voters(cluster: &TestCluster, nodes: &[u64], topic: &s
     panic!("replica moves away from node {gone} did not finish");
 }
 
+/// Raft logs trimmed constantly: the new node's replicas arrive as snapshots of logs in use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_added_and_one_removed_while_producing_loses_nothing() {
-    let mut cluster = TestCluster::start_with(3, "[raft]\nflush_interval_ms = 100\nlog_retained_entries = 30\n");
+    add_one_remove_one("[raft]\nflush_interval_ms = 100\nlog_retained_entries = 30\n").await;
+}
+
+/// Raft logs never trimmed (the defaults, in a short test): the new node must still learn
+/// each group's whole configuration, founders included — it once rebuilt it from conf-change
+/// entries alone, believed itself the only voter, and could have elected itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_to_groups_with_untrimmed_logs_learns_every_voter() {
+    add_one_remove_one("").await;
+}
+
+async fn add_one_remove_one(config: &str) {
+    let mut cluster = TestCluster::start_with(3, config);
     cluster.wait_ready().await;
     let client = cluster.client();
     client.create_topic("members", 2, 3).await.unwrap();

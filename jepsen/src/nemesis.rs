@@ -1,0 +1,251 @@
+//! The nemesis: faults on a seeded schedule, one at a time — quiet for a few seconds, one fault
+//! on one node (or one side) for a few seconds, healed — until the time limit; then everything
+//! is healed.
+//!
+//! What links between nodes are made of decides which network faults exist ([`Links`]): network
+//! namespaces cut links with blackhole routes (root); the userspace proxies cut, delay and
+//! lose traffic (no root needed, and the only way to delay or lose here: no `netem`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ::tests::cluster::LocalCluster;
+use anyhow::{bail, Context, Result};
+
+use crate::net::Network;
+use crate::proxy::Proxies;
+use crate::report::Fault;
+use crate::run::{Options, Rng};
+
+/// Where libfaketime lives on Debian (package `faketime`).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// How long a removed node's replicas may take to move away before the node is re-added
+/// without being wiped.
+const REMOVAL_MAX: Duration = Duration::from_secs(60);
+
+/// Fault kinds, Jepsen's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nemesis {
+    /// kill -9 and restart.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Pause,
+    /// Cut every link between a node (or a minority) and the rest.
+    Partition,
+    /// kill -9, then every partition log of the node loses what was not fsynced (a power loss).
+    Disk,
+    /// Every packet of a node's links (or a minority's) arrives 20–500 ms late, with jitter.
+    Delay,
+    /// 5–30 % of a node's (or a minority's) traffic is lost and retransmitted by TCP.
+    Loss,
+    /// A node's wall clock jumps forwards or backwards by up to an hour (libfaketime;
+    /// monotonic clocks, which Raft's timing uses, are left alone, as NTP does).
+    Clock,
+    /// A node is removed from the cluster (its replicas move away), wiped, and added again.
+    Membership,
+}
+
+impl Nemesis {
+    pub fn parse(name: &str) -> Result<Nemesis> {
+        Ok(match name {
+            "kill" => Nemesis::Kill,
+            "pause" => Nemesis::Pause,
+            "partition" => Nemesis::Partition,
+            "disk" => Nemesis::Disk,
+            "delay" => Nemesis::Delay,
+            "loss" => Nemesis::Loss,
+            "clock" => Nemesis::Clock,
+            "membership" | "member" => Nemesis::Membership,
+            other => bail!("unknown nemesis {other:?} (kill, pause, partition, disk, delay, loss, clock, membership)"),
+        })
+    }
+
+    /// Whether this fault needs links the harness controls.
+    pub fn needs_links(self) -> bool {
+        matches!(self, Nemesis::Partition | Nemesis::Delay | Nemesis::Loss)
+    }
+}
+
+/// How nodes reach each other in this run.
+pub enum Links {
+    /// Directly on loopback: no network faults.
+    Direct,
+    /// Network namespaces and a bridge (root).
+    Namespaces(Network),
+    /// A fault-injecting proxy on every node pair.
+    Proxies(Proxies),
+}
+
+impl Links {
+    fn partition(&mut self, side: &BTreeSet<u64>) -> Result<()> {
+        match self {
+            Links::Direct => bail!("no controllable links for a partition"),
+            Links::Namespaces(network) => network.partition(side),
+            Links::Proxies(proxies) => {
+                proxies.partition(side);
+                Ok(())
+            }
+        }
+    }
+
+    fn heal(&mut self) -> Result<()> {
+        match self {
+            Links::Direct => Ok(()),
+            Links::Namespaces(network) => network.heal(),
+            Links::Proxies(proxies) => {
+                proxies.heal();
+                Ok(())
+            }
+        }
+    }
+
+    fn proxies(&self) -> Result<&Proxies> {
+        match self {
+            Links::Proxies(proxies) => Ok(proxies),
+            _ => bail!("delay and loss need the proxies (--network proxy)"),
+        }
+    }
+}
+
+/// The file libfaketime reads node `id`'s clock offset from.
+pub fn clock_file(data: &Path, id: u64) -> PathBuf {
+    data.join(format!("node{id}.faketime"))
+}
+
+/// Sets node `id`'s wall clock `offset_s` seconds off (libfaketime re-reads the file each second).
+fn set_clock(data: &Path, id: u64, offset_s: i64) -> Result<()> {
+    let path = clock_file(data, id);
+    std::fs::write(&path, format!("{offset_s:+}\n")).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Injects faults until the time limit, then heals everything. Returns the fault windows.
+pub async fn run(cluster: &mut LocalCluster, links: &mut Links, options: &Options, start: Instant) -> Result<Vec<Fault>> {
+    let mut rng = Rng::new(options.seed ^ 0x006e_656d_6573_6973);
+    let mut faults = Vec::new();
+    let deadline = start + options.time_limit;
+    let ms = |at: Instant| at.duration_since(start).as_millis() as u64;
+    let data = options.results.join("data");
+    let mut membership_removed = false;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2000 + rng.below(3000))).await;
+        if options.nemesis.is_empty() || Instant::now() >= deadline {
+            continue;
+        }
+        let kind = options.nemesis[rng.below(options.nemesis.len() as u64) as usize];
+        let node = 1 + rng.below(options.nodes);
+        // A side: one node alone, or a random minority.
+        let side: BTreeSet<u64> = if rng.below(2) == 0 {
+            [node].into()
+        } else {
+            let mut side = BTreeSet::from([node]);
+            while side.len() < (options.nodes as usize).div_ceil(2) - 1 {
+                side.insert(1 + rng.below(options.nodes));
+            }
+            side
+        };
+        let began = Instant::now();
+        let what = match kind {
+            Nemesis::Kill => {
+                cluster.kill(node)?;
+                "kill".to_string()
+            }
+            Nemesis::Pause => {
+                cluster.signal(node, libc::SIGSTOP);
+                "pause".to_string()
+            }
+            Nemesis::Partition => {
+                links.partition(&side)?;
+                format!("partition {side:?} from the rest")
+            }
+            Nemesis::Disk => {
+                cluster.kill(node)?;
+                let lost = lose_unflushed(&cluster.node(node).dir)?;
+                format!("disk (power loss: {lost} unflushed bytes gone)")
+            }
+            Nemesis::Delay => {
+                let delay = Duration::from_millis(20 + rng.below(480));
+                links.proxies()?.degrade(&side, |link| {
+                    link.delay = delay;
+                    link.jitter = delay / 2;
+                });
+                format!("delay {} ms ± 50 % on the links of {side:?}", delay.as_millis())
+            }
+            Nemesis::Loss => {
+                let loss = 0.05 + rng.below(26) as f64 / 100.0;
+                links.proxies()?.degrade(&side, |link| link.loss = loss);
+                format!("loss {:.0} % on the links of {side:?}", loss * 100.0)
+            }
+            Nemesis::Clock => {
+                let magnitude = 1 + rng.below(3600) as i64;
+                let offset = if rng.below(2) == 0 { magnitude } else { -magnitude };
+                set_clock(&data, node, offset)?;
+                format!("clock {offset:+} s")
+            }
+            Nemesis::Membership => {
+                let (what, removed) = remove(cluster, node).await?;
+                membership_removed = removed;
+                what
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(1000 + rng.below(4000))).await;
+        match kind {
+            Nemesis::Kill | Nemesis::Disk => cluster.spawn(node)?,
+            Nemesis::Pause => cluster.signal(node, libc::SIGCONT),
+            Nemesis::Partition | Nemesis::Delay | Nemesis::Loss => links.heal()?,
+            Nemesis::Clock => set_clock(&data, node, 0)?,
+            Nemesis::Membership if membership_removed => add_again(cluster, node).await?,
+            Nemesis::Membership => {}
+        }
+        faults.push(Fault { kind: what, node, start_ms: ms(began), end_ms: ms(Instant::now()) });
+    }
+    Ok(faults)
+}
+
+/// Removes `node` from the cluster and waits for every Raft group to drop it; then kills it and
+/// wipes its data, as an operator replacing a machine would. If the groups do not settle in
+/// time the node is left running with its data (re-adding it is then a plain add).
+async fn remove(cluster: &mut LocalCluster, node: u64) -> Result<(String, bool)> {
+    let client = cluster.client(None).with_retry_deadline(Duration::from_secs(10));
+    if let Err(error) = client.remove_node(node).await {
+        return Ok((format!("membership: removing node {node} refused ({error})"), false));
+    }
+    let deadline = Instant::now() + REMOVAL_MAX;
+    loop {
+        match client.removal_pending(node).await {
+            Ok(0) => break,
+            _ if Instant::now() >= deadline => {
+                let what = format!("membership: node {node} removed; its replicas had not moved after 60 s");
+                return Ok((what, true));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    cluster.kill(node)?;
+    let dir = cluster.node(node).dir.clone();
+    std::fs::remove_dir_all(&dir).with_context(|| format!("wiping {}", dir.display()))?;
+    cluster.node_mut(node).join = true;
+    Ok((format!("membership: node {node} removed, stopped and wiped, then added again"), true))
+}
+
+/// Adds `node` back (restarting it first if it was wiped).
+async fn add_again(cluster: &mut LocalCluster, node: u64) -> Result<()> {
+    if !cluster.is_running(node) {
+        cluster.spawn(node)?;
+    }
+    let client = cluster.client(None).with_retry_deadline(Duration::from_secs(30));
+    let address = cluster.node(node).grpc.clone();
+    client.add_node(node, &address).await.with_context(|| format!("adding node {node} again"))
+}
+
+/// A power loss on a killed node: each partition log keeps only what it had fsynced (raft-engine
+/// fsyncs every write, so the Raft log loses nothing).
+fn lose_unflushed(node_dir: &Path) -> Result<u64> {
+    let mut lost = 0;
+    if let Ok(entries) = std::fs::read_dir(node_dir.join("partitions")) {
+        for entry in entries {
+            lost += log_store::fault::lose_unflushed(&entry?.path())?;
+        }
+    }
+    Ok(lost)
+}
