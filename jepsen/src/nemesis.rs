@@ -2,6 +2,9 @@
 //! on one node (or one side) for a few seconds, healed — until the time limit; then everything
 //! is healed.
 //!
+//! Faults on disk (`disk`, `bitflip`, `truncate`) are applied to a killed node's files before
+//! it restarts.
+//!
 //! What links between nodes are made of decides which network faults exist ([`Links`]): network
 //! namespaces cut links with blackhole routes (root); the userspace proxies cut, delay and
 //! lose traffic (no root needed, and the only way to delay or lose here: no `netem`).
@@ -44,6 +47,12 @@ pub enum Nemesis {
     Clock,
     /// A node is removed from the cluster (its replicas move away), wiped, and added again.
     Membership,
+    /// kill -9, then one byte near the end of one of the node's partition logs flips (fsynced
+    /// data included), and the node restarts (Jepsen's `bitflip`).
+    Bitflip,
+    /// kill -9, then the newest segment of one of the node's partition logs loses up to 4 KiB
+    /// of its end (fsynced data included), and the node restarts (Jepsen's `truncate-file`).
+    Truncate,
 }
 
 impl Nemesis {
@@ -57,7 +66,11 @@ impl Nemesis {
             "loss" => Nemesis::Loss,
             "clock" => Nemesis::Clock,
             "membership" | "member" => Nemesis::Membership,
-            other => bail!("unknown nemesis {other:?} (kill, pause, partition, disk, delay, loss, clock, membership)"),
+            "bitflip" => Nemesis::Bitflip,
+            "truncate" => Nemesis::Truncate,
+            other => bail!(
+                "unknown nemesis {other:?} (kill, pause, partition, disk, delay, loss, clock, membership, bitflip, truncate)"
+            ),
         })
     }
 
@@ -120,7 +133,12 @@ fn set_clock(data: &Path, id: u64, offset_s: i64) -> Result<()> {
 }
 
 /// Injects faults until the time limit, then heals everything. Returns the fault windows.
-pub async fn run(cluster: &mut LocalCluster, links: &mut Links, options: &Options, start: Instant) -> Result<Vec<Fault>> {
+pub async fn run(
+    cluster: &mut LocalCluster,
+    links: &mut Links,
+    options: &Options,
+    start: Instant,
+) -> Result<Vec<Fault>> {
     let mut rng = Rng::new(options.seed ^ 0x006e_656d_6573_6973);
     let mut faults = Vec::new();
     let deadline = start + options.time_limit;
@@ -187,10 +205,14 @@ pub async fn run(cluster: &mut LocalCluster, links: &mut Links, options: &Option
                 membership_removed = removed;
                 what
             }
+            Nemesis::Bitflip | Nemesis::Truncate => {
+                cluster.kill(node)?;
+                damage(&cluster.node(node).dir, kind, &mut rng)?
+            }
         };
         tokio::time::sleep(Duration::from_millis(1000 + rng.below(4000))).await;
         match kind {
-            Nemesis::Kill | Nemesis::Disk => cluster.spawn(node)?,
+            Nemesis::Kill | Nemesis::Disk | Nemesis::Bitflip | Nemesis::Truncate => cluster.spawn(node)?,
             Nemesis::Pause => cluster.signal(node, libc::SIGCONT),
             Nemesis::Partition | Nemesis::Delay | Nemesis::Loss => links.heal()?,
             Nemesis::Clock => set_clock(&data, node, 0)?,
@@ -236,6 +258,34 @@ async fn add_again(cluster: &mut LocalCluster, node: u64) -> Result<()> {
     let client = cluster.client(None).with_retry_deadline(Duration::from_secs(30));
     let address = cluster.node(node).grpc.clone();
     client.add_node(node, &address).await.with_context(|| format!("adding node {node} again"))
+}
+
+/// Damages one partition log of a killed node: flips one byte of its last 4 KiB, or cuts up
+/// to 4 KiB off its end. The node must cut the damage off and fetch it from another replica.
+fn damage(node_dir: &Path, kind: Nemesis, rng: &mut Rng) -> Result<String> {
+    let mut logs: Vec<PathBuf> = match std::fs::read_dir(node_dir.join("partitions")) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    logs.sort();
+    if logs.is_empty() {
+        return Ok(format!("{kind:?}: no partition log to damage").to_lowercase());
+    }
+    let log = &logs[rng.below(logs.len() as u64) as usize];
+    let name = log.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(match kind {
+        Nemesis::Bitflip => {
+            let back = rng.below(4096);
+            let mask = 1u8 << rng.below(8);
+            log_store::fault::flip_tail_byte(log, back, mask)?;
+            format!("bitflip: {name}, byte {back} from the end, mask {mask:#04x}")
+        }
+        _ => {
+            let bytes = 1 + rng.below(4096);
+            let cut = log_store::fault::truncate_tail(log, bytes)?;
+            format!("truncate: {name} lost its last {cut} bytes")
+        }
+    })
 }
 
 /// A power loss on a killed node: each partition log keeps only what it had fsynced (raft-engine

@@ -80,7 +80,11 @@ impl Proxies {
 
     /// The `ID=HOST:PORT` overrides node `from` is started with (`--dial-via`).
     pub fn dial_via(&self, from: u64) -> Vec<String> {
-        self.listen.iter().filter(|((a, _), _)| *a == from).map(|((_, to), address)| format!("{to}={address}")).collect()
+        self.listen
+            .iter()
+            .filter(|((a, _), _)| *a == from)
+            .map(|((_, to), address)| format!("{to}={address}"))
+            .collect()
     }
 
     /// Changes both directions of the link between `a` and `b`.

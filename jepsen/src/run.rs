@@ -126,7 +126,11 @@ pub fn run(options: &Options) -> Result<Verdict> {
 }
 
 /// Places the nodes as the faults need (see [`NetworkMode`]) and starts them.
-fn start_cluster(options: &Options, data: &std::path::Path, env: Vec<(String, String)>) -> Result<(LocalCluster, Links)> {
+fn start_cluster(
+    options: &Options,
+    data: &std::path::Path,
+    env: Vec<(String, String)>,
+) -> Result<(LocalCluster, Links)> {
     let needs_links = options.nemesis.iter().any(|n| n.needs_links());
     let needs_proxies = options.nemesis.iter().any(|n| matches!(n, Nemesis::Delay | Nemesis::Loss));
     if options.nemesis.contains(&Nemesis::Membership) && options.nodes <= 3 {
@@ -139,7 +143,8 @@ fn start_cluster(options: &Options, data: &std::path::Path, env: Vec<(String, St
         NetworkMode::Auto => needs_links && (needs_proxies || !Network::available()),
     };
     let (mut cluster, links) = if proxied {
-        let mut cluster = LocalCluster::plan(&options.robustmq, data, options.nodes, env, &Placement::LoopbackAddresses)?;
+        let mut cluster =
+            LocalCluster::plan(&options.robustmq, data, options.nodes, env, &Placement::LoopbackAddresses)?;
         let targets = cluster.nodes.iter().map(|n| (n.id, n.grpc.clone())).collect();
         let proxies = Proxies::start(&targets, options.seed)?;
         for node in &mut cluster.nodes {
@@ -151,7 +156,8 @@ fn start_cluster(options: &Options, data: &std::path::Path, env: Vec<(String, St
             bail!("network namespaces need root and iproute2 (--network proxy works without)");
         }
         let network = Network::create(options.nodes, std::process::id())?;
-        let cluster = LocalCluster::plan(&options.robustmq, data, options.nodes, env, &Placement::Namespaces(network.hosts()))?;
+        let cluster =
+            LocalCluster::plan(&options.robustmq, data, options.nodes, env, &Placement::Namespaces(network.hosts()))?;
         (cluster, Links::Namespaces(network))
     } else {
         (LocalCluster::plan(&options.robustmq, data, options.nodes, env, &Placement::Loopback)?, Links::Direct)

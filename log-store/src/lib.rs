@@ -22,6 +22,8 @@
 //! * `log` — the writer: append, roll, flush, recovery on open, truncation.
 //! * `reader` — the concurrent read path.
 //! * `retention`, `compaction` — reclaiming space by age/size and by key.
+//! * `salvage` — opening a log with damaged durable data by cutting it (for replicas, which
+//!   fetch the rest from another replica).
 #![deny(missing_docs)]
 
 pub mod batch;
@@ -36,6 +38,7 @@ mod log;
 mod offset;
 mod reader;
 mod retention;
+pub mod salvage;
 mod segment;
 mod sync;
 

@@ -5,6 +5,11 @@
 //! pair (applied Raft index, log next offset) is recorded in raft-engine. On restart the log is
 //! cut back to that recorded offset and the entries after that index are applied again, so a
 //! crash never leaves log data that the Raft log cannot account for.
+//!
+//! Damaged durable data (a flipped byte, a segment cut short) is cut off on open; if that
+//! leaves the log short of the recorded flush, whose Raft entries are gone, the replica is
+//! *repairing*: the missing batches are fetched from another replica (see `store`) before it
+//! applies anything. Its Raft log is intact, so it votes as usual meanwhile.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -105,6 +110,9 @@ pub(crate) struct PartitionReplica {
     bytes_since_flush: u64,
     flush_bytes: u64,
     segments_at_last_compaction: usize,
+    /// Set while the log is short of its recorded flush (damaged data was cut): the offset
+    /// the repair must fetch up to before anything is applied.
+    pub repair_to: Option<u64>,
 }
 
 impl PartitionReplica {
@@ -119,17 +127,21 @@ impl PartitionReplica {
         let dir = config.data_dir.join("partitions").join(format!("{topic}-{}", info.partition));
         let (log_config, batch_bytes_max) = log_config(config, topic_config);
         let decompressed_bytes_max = log_config.decompressed_bytes_max;
-        let mut log = Log::open(&dir, log_config)?;
+        let (mut log, salvaged) = log_store::salvage::open_salvaging(&dir, log_config)?;
+        let mut repair_to = None;
         let applied = match storage.apply_state() {
+            Some(state) if log.next_offset().0 < state.next_offset => {
+                warn!(
+                    partition = %dir.display(),
+                    end = log.next_offset().0,
+                    flushed = state.next_offset,
+                    bytes_cut = salvaged.bytes_cut,
+                    "the partition log is short of its recorded flush (damaged data was cut); fetching the rest from another replica before applying"
+                );
+                repair_to = Some(state.next_offset);
+                state.applied_index
+            }
             Some(state) => {
-                if log.next_offset().0 < state.next_offset {
-                    return Err(Error::Engine(format!(
-                        "partition log {} ends at {} but offset {} was recorded as flushed",
-                        dir.display(),
-                        log.next_offset(),
-                        state.next_offset
-                    )));
-                }
                 let cut = log.next_offset().0 - state.next_offset;
                 log.truncate_suffix(Offset(state.next_offset))?;
                 if cut > 0 {
@@ -168,6 +180,7 @@ impl PartitionReplica {
             bytes_since_flush: 0,
             flush_bytes: config.flush_bytes,
             segments_at_last_compaction: 1,
+            repair_to,
         };
         Ok((replica, applied))
     }

@@ -171,7 +171,9 @@ impl GroupStorage {
 
     /// Records where the partition log stood at its last flush.
     pub fn stage_apply_state(&self, batch: &mut LogBatch, state: ApplyState) -> Result<()> {
-        batch.put(self.group, APPLY_STATE_KEY.to_vec(), pair(state.applied_index, state.next_offset)).map_err(engine_error)
+        batch
+            .put(self.group, APPLY_STATE_KEY.to_vec(), pair(state.applied_index, state.next_offset))
+            .map_err(engine_error)
     }
 
     /// The apply state recorded by the last flush, if any.

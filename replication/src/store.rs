@@ -94,6 +94,10 @@ pub(crate) enum StoreMsg {
     SnapshotAborted {
         group: u64,
     },
+    /// A repairing replica fetched what its damaged log lacked: apply what waited.
+    Repaired {
+        group: u64,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -118,6 +122,8 @@ struct Group {
     applied: u64,
     /// Since when this node leads the group (for preferred-leader balancing).
     led_since: Option<Instant>,
+    /// Committed entries that wait for a repairing replica's log (see `PartitionReplica`).
+    deferred: Vec<Entry>,
 }
 
 impl Group {
@@ -131,6 +137,7 @@ impl Group {
             hibernating: false,
             applied,
             led_since: None,
+            deferred: Vec::new(),
         }
     }
 
@@ -480,6 +487,7 @@ impl Store {
             StoreMsg::SnapshotAborted { group } => {
                 self.installing.remove(&group);
             }
+            StoreMsg::Repaired { group: id } => self.finish_repair(id),
             StoreMsg::Propose { group, data, reply } => {
                 let Some(target) = self.groups.get_mut(&group.0) else {
                     let _ = reply.send(Err(Error::NotLeader { leader: None }));
@@ -561,6 +569,11 @@ impl Store {
                 continue;
             }
             if let Kind::Partition(replica) = &mut group.kind {
+                if replica.repair_to.is_some() {
+                    // Its log is short of what the apply state says; recording one now would
+                    // claim the missing entries are in it.
+                    continue;
+                }
                 let applied = group.applied;
                 match replica.maybe_flush(applied, group.raw.store(), &mut batch) {
                     Ok(Some(flushed)) => {
@@ -638,6 +651,10 @@ impl Store {
     /// Applies committed entries of one group, answering the proposals they resolve.
     fn apply(shared: &Shared, group: &mut Group, id: u64, entries: &[Entry], batch: &mut LogBatch) -> Vec<Change> {
         let mut changes = Vec::new();
+        if matches!(&group.kind, Kind::Partition(replica) if replica.repair_to.is_some()) {
+            group.deferred.extend_from_slice(entries);
+            return changes;
+        }
         for entry in entries {
             group.applied = entry.index;
             if matches!(group.kind, Kind::Metadata) {
@@ -935,8 +952,37 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert((topic.name.clone(), partition), replica.handle.clone());
+        let repair = replica.repair_to.map(|to| (replica.next_offset(), to));
         self.groups.insert(info.group.0, Group::new(raw, Kind::Partition(Box::new(replica)), applied));
+        if let (Some((from, to)), Some(runtime)) = (repair, self.runtime.as_ref()) {
+            runtime.spawn(repair_replica(self.shared.clone(), info.group.0, from, to));
+        }
         Ok(())
+    }
+
+    /// A repairing replica has its missing batches: it applies the entries that waited.
+    fn finish_repair(&mut self, id: u64) {
+        let Some(group) = self.groups.get_mut(&id) else { return };
+        let Kind::Partition(replica) = &mut group.kind else { return };
+        let Some(to) = replica.repair_to else { return };
+        if replica.next_offset() < to {
+            error!(group = id, end = replica.next_offset(), to, "repair ended short; the replica keeps waiting");
+            return;
+        }
+        replica.repair_to = None;
+        info!(group = id, to, waiting = group.deferred.len(), "partition log repaired from another replica");
+        let deferred = std::mem::take(&mut group.deferred);
+        let mut batch = LogBatch::default();
+        let changes = Self::apply(&self.shared, group, id, &deferred, &mut batch);
+        group.wake();
+        if !batch.is_empty() {
+            if let Err(error) = self.engine.write(&mut batch, true) {
+                error!(group = id, %error, "cannot record the repaired replica's state");
+            }
+        }
+        for change in changes {
+            self.on_catalog_change(change);
+        }
     }
 
     /// Brings each group this node leads towards the catalog's placement, one conf change at a
@@ -1072,6 +1118,9 @@ impl Store {
                 continue;
             }
             if let Kind::Partition(replica) = &mut group.kind {
+                if replica.repair_to.is_some() {
+                    continue;
+                }
                 let applied = group.applied;
                 if let Err(error) = replica.flush_now(applied, group.raw.store(), &mut batch) {
                     error!(group = id, %error, "final flush failed");
@@ -1118,6 +1167,46 @@ async fn pull_snapshot_data(
     let data: SnapshotData =
         serde_json::from_slice(message.get_snapshot().get_data()).map_err(|e| format!("undecodable snapshot: {e}"))?;
     let source = source.ok_or("no address for the snapshot's sender")?;
+    info!(group, from = local_next, to = data.next_offset, %source, "pulling snapshot data");
+    pull_range(inbox, &source, group, local_next, data.next_offset).await
+}
+
+/// Fetches what a repairing replica's log lacks from the other replicas, one after another,
+/// until one has it all; then tells the loop. Gives up only when the node stops or the group
+/// leaves it.
+async fn repair_replica(shared: Arc<Shared>, group: u64, from: u64, to: u64) {
+    let inbox = shared.inbox.clone();
+    let me = shared.node_id;
+    loop {
+        if shared.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(handle) = shared.partition_by_group(group) else { return };
+        let local_next = handle.reader.next_offset().0.max(from);
+        let voters = handle.voters.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for voter in voters.into_iter().filter(|voter| *voter != me) {
+            let Some(source) = shared.dial_address(voter) else { continue };
+            info!(group, from = local_next, to, %source, "repairing the partition log from another replica");
+            match pull_range(&inbox, &source, group, local_next, to).await {
+                Ok(()) => {
+                    let _ = deliver(&inbox, StoreMsg::Repaired { group }).await;
+                    return;
+                }
+                Err(error) => warn!(group, %source, %error, "repair from this replica failed; trying another"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Appends a source replica's batches `[from, to)` to the local replica of `group`.
+async fn pull_range(
+    inbox: &Sender<StoreMsg>,
+    source: &str,
+    group: u64,
+    from: u64,
+    to: u64,
+) -> std::result::Result<(), String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{source}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2));
@@ -1125,13 +1214,12 @@ async fn pull_snapshot_data(
         .await
         .map_err(|e| e.to_string())?
         .max_decoding_message_size(2 * crate::transport::SNAPSHOT_CHUNK_BYTES_MAX);
-    let mut offset = local_next;
-    info!(group, from = local_next, to = data.next_offset, %source, "pulling snapshot data");
-    while offset < data.next_offset {
+    let mut offset = from;
+    while offset < to {
         let request = proto::v1::ReadReplicaRequest {
             group_id: group,
             offset,
-            until_offset: data.next_offset,
+            until_offset: to,
             max_bytes: crate::transport::SNAPSHOT_CHUNK_BYTES_MAX as u32,
         };
         let response = client.read_replica(request).await.map_err(|e| e.to_string())?.into_inner();
@@ -1142,7 +1230,7 @@ async fn pull_snapshot_data(
             continue;
         }
         if response.batches.is_empty() {
-            return Err(format!("the source has no data at {offset}, below the snapshot's end {}", data.next_offset));
+            return Err(format!("the source has no data at {offset}, below {to}"));
         }
         let batches = response.batches;
         offset = ask(inbox, |reply| StoreMsg::InstallBatches { group, batches, reply }).await?;

@@ -356,4 +356,3 @@ pub async fn remove_node(connection: &Connection, id: u64, timeout_s: u64) -> an
     }
     Ok(())
 }
-

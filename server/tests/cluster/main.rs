@@ -10,3 +10,4 @@ mod kafka_versions;
 mod kafka_wire;
 mod membership;
 mod quorum;
+mod repair;
