@@ -13,9 +13,11 @@
 #   kafka-fixtures
 #            record batches freshly encoded by kafka-python (every codec), decoded and stored
 #            by log-store: tests/fixtures/make_kafka_batches.py + log-store/tests/kafka_client_batches.rs
-#   jepsen   a short Jepsen run: 3 nodes in network namespaces, kill, pause and partition
-#            faults, the native workload, 30 s, a random seed (printed; a failure replays with
-#            it); the history and report stay in target/jepsen/
+#   jepsen   two short Jepsen runs, random seeds (printed; a failure replays with them), the
+#            histories and reports in target/jepsen/: kafka-queue (librdkafka and kafka-python
+#            clients) on 3 nodes in network namespaces under kill, pause and partition, 40 s;
+#            then the native workload on 3 nodes behind the fault proxies under delay, loss,
+#            clock (libfaketime), bitflip and truncate, 25 s
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -68,6 +70,7 @@ install_debian_packages() {
     fi
     command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
     command -v fio >/dev/null 2>&1 || missing+=(fio)
+    [[ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]] || missing+=(faketime)
     if ! command -v python3 >/dev/null 2>&1; then
         missing+=(python3 python3-venv)
     elif [[ ! -x "$VENV/bin/python" ]] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -150,11 +153,14 @@ run_suite test cargo test --workspace
 run_suite kafka-fixtures kafka_fixture_suite
 
 jepsen_suite() {
-    local seed=$((RANDOM * 32768 + RANDOM))
+    local target="${CARGO_TARGET_DIR:-target}" queue_seed=$((RANDOM * 32768 + RANDOM)) proxy_seed=$((RANDOM * 32768 + RANDOM))
     cargo build -p robustmq -p jepsen &&
-        "${CARGO_TARGET_DIR:-target}/debug/jepsen" --workload native --nemesis kill,pause,partition --nodes 3 --time-limit 30 \
-            --seed "$seed" --robustmq "${CARGO_TARGET_DIR:-target}/debug/robustmq" \
-            --results "${CARGO_TARGET_DIR:-target}/jepsen/$seed"
+        ROBUSTMQ_PYTHON="$VENV/bin/python" "$target/debug/jepsen" --workload kafka-queue \
+            --nemesis kill,pause,partition --nodes 3 --time-limit 40 --seed "$queue_seed" \
+            --robustmq "$target/debug/robustmq" --results "$target/jepsen/$queue_seed" &&
+        "$target/debug/jepsen" --workload native --nemesis delay,loss,clock,bitflip,truncate --network proxy \
+            --nodes 3 --time-limit 25 --seed "$proxy_seed" \
+            --robustmq "$target/debug/robustmq" --results "$target/jepsen/$proxy_seed"
 }
 run_suite jepsen jepsen_suite
 

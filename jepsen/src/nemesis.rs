@@ -91,12 +91,12 @@ pub enum Links {
 }
 
 impl Links {
-    fn partition(&mut self, side: &BTreeSet<u64>) -> Result<()> {
+    fn cut(&mut self, pairs: &BTreeSet<(u64, u64)>) -> Result<()> {
         match self {
             Links::Direct => bail!("no controllable links for a partition"),
-            Links::Namespaces(network) => network.partition(side),
+            Links::Namespaces(network) => network.cut(pairs),
             Links::Proxies(proxies) => {
-                proxies.partition(side);
+                proxies.cut(pairs);
                 Ok(())
             }
         }
@@ -173,8 +173,9 @@ pub async fn run(
                 "pause".to_string()
             }
             Nemesis::Partition => {
-                links.partition(&side)?;
-                format!("partition {side:?} from the rest")
+                let (pairs, what) = partition_shape(cluster, options.nodes, &side, &mut rng).await;
+                links.cut(&pairs)?;
+                what
             }
             Nemesis::Disk => {
                 cluster.kill(node)?;
@@ -222,6 +223,54 @@ pub async fn run(
         faults.push(Fault { kind: what, node, start_ms: ms(began), end_ms: ms(Instant::now()) });
     }
     Ok(faults)
+}
+
+/// Which links a partition cuts, Jepsen's shapes: a node or a random minority (`side`) from
+/// the rest, the node leading a random partition alone, or a bridge (two halves that reach
+/// each other only through one node).
+async fn partition_shape(
+    cluster: &LocalCluster,
+    nodes: u64,
+    side: &BTreeSet<u64>,
+    rng: &mut Rng,
+) -> (BTreeSet<(u64, u64)>, String) {
+    let between = |a: &BTreeSet<u64>, b: &BTreeSet<u64>| -> BTreeSet<(u64, u64)> {
+        a.iter().flat_map(|x| b.iter().map(move |y| (*x, *y))).collect()
+    };
+    let all: BTreeSet<u64> = (1..=nodes).collect();
+    let rest = |side: &BTreeSet<u64>| all.difference(side).copied().collect::<BTreeSet<u64>>();
+    match rng.below(3) {
+        0 => {
+            let partition = rng.below(crate::run::PARTITIONS as u64) as u32;
+            let client = cluster.client(None).with_retry_deadline(Duration::from_secs(1));
+            let leader = match client.describe_topic(crate::run::TOPIC).await {
+                Ok(topic) => topic.partitions.get(partition as usize).and_then(|p| p.leader),
+                Err(_) => None,
+            };
+            match leader {
+                Some(leader) => {
+                    let alone = BTreeSet::from([leader]);
+                    (
+                        between(&alone, &rest(&alone)),
+                        format!("partition: node {leader}, leader of partition {partition}, alone"),
+                    )
+                }
+                None => (between(side, &rest(side)), format!("partition {side:?} from the rest (no leader known)")),
+            }
+        }
+        1 if nodes >= 3 => {
+            let mut order: Vec<u64> = all.iter().copied().collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let bridge = order[0];
+            let half = (order.len() - 1) / 2;
+            let left: BTreeSet<u64> = order[1..1 + half].iter().copied().collect();
+            let right: BTreeSet<u64> = order[1 + half..].iter().copied().collect();
+            (between(&left, &right), format!("partition: bridge {bridge} between {left:?} and {right:?}"))
+        }
+        _ => (between(side, &rest(side)), format!("partition {side:?} from the rest")),
+    }
 }
 
 /// Removes `node` from the cluster and waits for every Raft group to drop it; then kills it and

@@ -86,21 +86,19 @@ impl Network {
         (1..=self.nodes).map(|n| (self.namespace(n), self.address(n))).collect()
     }
 
-    /// Cuts every link between the two sides.
-    pub fn partition(&mut self, side: &BTreeSet<u64>) -> Result<()> {
-        for a in side {
-            for b in (1..=self.nodes).filter(|n| !side.contains(n)) {
-                for (from, to) in [(*a, b), (b, *a)] {
-                    if self.cuts.insert((from, to)) {
-                        ip(&[
-                            "-n",
-                            &self.namespace(from),
-                            "route",
-                            "add",
-                            "blackhole",
-                            &format!("{}/32", self.address(to)),
-                        ])?;
-                    }
+    /// Cuts the links between each pair of nodes (both directions).
+    pub fn cut(&mut self, pairs: &BTreeSet<(u64, u64)>) -> Result<()> {
+        for &(a, b) in pairs {
+            for (from, to) in [(a, b), (b, a)] {
+                if self.cuts.insert((from, to)) {
+                    ip(&[
+                        "-n",
+                        &self.namespace(from),
+                        "route",
+                        "add",
+                        "blackhole",
+                        &format!("{}/32", self.address(to)),
+                    ])?;
                 }
             }
         }

@@ -96,12 +96,10 @@ impl Proxies {
         }
     }
 
-    /// Cuts every link between `side` and the other nodes.
-    pub fn partition(&self, side: &std::collections::BTreeSet<u64>) {
-        for &(a, b) in self.links.keys() {
-            if side.contains(&a) && !side.contains(&b) {
-                self.set(a, b, |state| state.cut = true);
-            }
+    /// Cuts the links between each pair of nodes (both directions).
+    pub fn cut(&self, pairs: &std::collections::BTreeSet<(u64, u64)>) {
+        for &(a, b) in pairs {
+            self.set(a, b, |state| state.cut = true);
         }
     }
 

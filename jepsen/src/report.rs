@@ -33,12 +33,13 @@ pub fn write(
     let mut text = String::new();
     let nemesis: Vec<String> = options.nemesis.iter().map(|n| format!("{n:?}").to_lowercase()).collect();
     let flags = format!(
-        "--workload {} --nemesis {} --nodes {} --time-limit {} --seed {}",
+        "--workload {} --nemesis {} --nodes {} --time-limit {} --seed {} --network {}",
         options.workload,
         nemesis.join(","),
         options.nodes,
         options.time_limit.as_secs(),
-        options.seed
+        options.seed,
+        format!("{:?}", options.network).to_lowercase()
     );
     writeln!(text, "run: {flags}")?;
     writeln!(

@@ -25,8 +25,8 @@ use crate::net::Network;
 use crate::proxy::Proxies;
 use crate::report::{self, Fault};
 
-const TOPIC: &str = "jepsen";
-const PARTITIONS: u32 = 4;
+pub(crate) const TOPIC: &str = "jepsen";
+pub(crate) const PARTITIONS: u32 = 4;
 const PRODUCERS: u64 = 4;
 /// Longest a single operation may take before it is recorded as `info`.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
