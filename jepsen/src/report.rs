@@ -81,7 +81,24 @@ pub fn write(
     Ok(text)
 }
 
-/// Send latencies over time (ok green, info orange, fail red), faults shaded.
+/// Shading of a fault window by its kind.
+fn fault_color(kind: &str) -> &'static str {
+    let word = kind.split([' ', ':']).next().unwrap_or("");
+    match word {
+        "kill" | "disk" | "bitflip" | "truncate" => "#d62728",
+        "pause" => "#9467bd",
+        "partition" | "delay" | "loss" => "#1f77b4",
+        "clock" => "#ff7f0e",
+        "membership" => "#2ca02c",
+        _ => "#7f7f7f",
+    }
+}
+
+/// Most send latencies drawn; a longer history is sampled evenly (the throughput plot counts all).
+const POINTS_MAX: usize = 30_000;
+
+/// Send latencies over time (ok green, info orange, fail red) and acknowledged sends per
+/// second, faults shaded by kind.
 fn timeline(history: &[Event], faults: &[Fault], limit: Duration) -> String {
     let (width, height) = (1000.0, 400.0);
     let span = (limit.as_millis() as f64 + 5000.0).max(1.0);
@@ -106,12 +123,39 @@ fn timeline(history: &[Event], faults: &[Fault], limit: Duration) -> String {
             shading,
             r#"<rect x="{x0:.1}" y="0" width="{:.1}" height="{height}" fill="{}" opacity="0.25"><title>{} node {}</title></rect>"#,
             (x1 - x0).max(1.0),
-            if fault.kind == "kill" { "#d62728" } else { "#9467bd" },
+            fault_color(&fault.kind),
             fault.kind,
             fault.node
         );
     }
-    for (start, latency, kind) in latencies {
+    // Acknowledged sends per second.
+    let seconds = (span / 1000.0).ceil() as usize + 1;
+    let mut per_second = vec![0u64; seconds];
+    for (start, latency, kind) in &latencies {
+        if *kind == Kind::Ok {
+            let at = ((start + latency) / 1000) as usize;
+            if let Some(count) = per_second.get_mut(at) {
+                *count += 1;
+            }
+        }
+    }
+    let peak = per_second.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let throughput_height = 200.0;
+    let line: Vec<String> = per_second
+        .iter()
+        .enumerate()
+        .map(|(second, count)| {
+            let x = (second as f64 * 1000.0 + 500.0) / span * width;
+            let y = throughput_height - 10.0 - *count as f64 / peak * (throughput_height - 20.0);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    let throughput = format!(
+        r##"<polyline fill="none" stroke="#2ca02c" stroke-width="1.5" points="{}"/>"##,
+        line.join(" ")
+    );
+    let stride = latencies.len().div_ceil(POINTS_MAX).max(1);
+    for (start, latency, kind) in latencies.into_iter().step_by(stride) {
         let color = match kind {
             Kind::Ok => "#2ca02c",
             Kind::Info => "#ff7f0e",
@@ -126,8 +170,11 @@ fn timeline(history: &[Event], faults: &[Fault], limit: Duration) -> String {
     }
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>jepsen timeline</title></head><body>
-<h3>Send latency over time (log scale, max {max_latency:.0} ms); shaded: faults (red kill, purple pause)</h3>
+<h3>Send latency over time (log scale, max {max_latency:.0} ms; every {stride}. send drawn)</h3>
+<p>Shaded: faults (red kill/disk/bitflip/truncate, purple pause, blue partition/delay/loss, orange clock, green membership); hover for details.</p>
 <svg width="{width}" height="{height}" style="border:1px solid #ccc">{shading}{points}</svg>
+<h3>Acknowledged sends per second (peak {peak:.0})</h3>
+<svg width="{width}" height="{throughput_height}" style="border:1px solid #ccc">{shading}{throughput}</svg>
 </body></html>"#
     )
 }
