@@ -131,7 +131,11 @@ impl Drop for Proxies {
 /// Accepts connections to one link for as long as the runtime lives.
 async fn accept(listener: TcpListener, target: String, state: watch::Receiver<LinkState>, counter: Arc<AtomicU64>) {
     loop {
-        let Ok((inbound, _)) = listener.accept().await else { continue };
+        let Ok((inbound, _)) = listener.accept().await else {
+            // Out of descriptors or similar: try again shortly rather than spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
         let seed = counter.fetch_add(0x9e37_79b9, Ordering::Relaxed);
         tokio::spawn(connect(inbound, target.clone(), state.clone(), seed));
     }
