@@ -150,10 +150,8 @@ fn timeline(history: &[Event], faults: &[Fault], limit: Duration) -> String {
             format!("{x:.1},{y:.1}")
         })
         .collect();
-    let throughput = format!(
-        r##"<polyline fill="none" stroke="#2ca02c" stroke-width="1.5" points="{}"/>"##,
-        line.join(" ")
-    );
+    let throughput =
+        format!(r##"<polyline fill="none" stroke="#2ca02c" stroke-width="1.5" points="{}"/>"##, line.join(" "));
     let stride = latencies.len().div_ceil(POINTS_MAX).max(1);
     for (start, latency, kind) in latencies.into_iter().step_by(stride) {
         let color = match kind {
