@@ -221,6 +221,8 @@ pub async fn run(
             Nemesis::Membership => {}
         }
         faults.push(Fault { kind: what, node, start_ms: ms(began), end_ms: ms(Instant::now()) });
+        // A node that exited on its own (a crash) ends the run here, with its log's tail.
+        cluster.check_alive()?;
     }
     Ok(faults)
 }
@@ -304,7 +306,7 @@ async fn add_again(cluster: &mut LocalCluster, node: u64) -> Result<()> {
     if !cluster.is_running(node) {
         cluster.spawn(node)?;
     }
-    let client = cluster.client(None).with_retry_deadline(Duration::from_secs(30));
+    let client = cluster.client(None).with_retry_deadline(Duration::from_secs(120));
     let address = cluster.node(node).grpc.clone();
     client.add_node(node, &address).await.with_context(|| format!("adding node {node} again"))
 }

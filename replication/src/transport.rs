@@ -31,6 +31,8 @@ pub(crate) const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 << 20;
 const PEER_QUEUE_BATCHES: usize = 1024;
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -124,7 +126,7 @@ async fn peer_link(peer: u64, address: String, mut queue: mpsc::Receiver<RaftBat
             }
         };
         info!(peer, %address, "connected to peer");
-        backoff = RECONNECT_BACKOFF_MIN;
+        let connected_at = std::time::Instant::now();
         let (stream_sender, stream) = mpsc::channel(64);
         let mut call = tokio::spawn(async move { client.stream(ReceiverStream::new(stream)).await });
         loop {
@@ -138,6 +140,14 @@ async fn peer_link(peer: u64, address: String, mut queue: mpsc::Receiver<RaftBat
         }
         info!(peer, %address, "stream to peer ended; reconnecting");
         let _ = inbox.try_send(StoreMsg::PeerUnreachable(peer));
+        // A connection that ends at once (a proxy or load balancer in front of a dead node
+        // accepts, then closes) counts as a failed attempt: back off, do not spin.
+        if connected_at.elapsed() >= STABLE_CONNECTION {
+            backoff = RECONNECT_BACKOFF_MIN;
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+        }
     }
 }
 
