@@ -25,6 +25,8 @@ use crate::error::{Error, Result};
 const HARD_STATE_KEY: &[u8] = b"hard_state";
 const CONF_STATE_KEY: &[u8] = b"conf_state";
 const APPLY_STATE_KEY: &[u8] = b"apply_state";
+/// The configuration as of the apply state's index: what a snapshot at that index carries.
+const APPLY_CONF_STATE_KEY: &[u8] = b"apply_conf_state";
 const TRUNCATED_STATE_KEY: &[u8] = b"truncated_state";
 /// The metadata group's catalog as of its truncated index (an installed snapshot).
 const METADATA_IMAGE_KEY: &[u8] = b"metadata_image";
@@ -96,6 +98,7 @@ impl GroupStorage {
                 batch.put_message(group, HARD_STATE_KEY.to_vec(), &hard_state).map_err(engine_error)?;
                 batch.put(group, TRUNCATED_STATE_KEY.to_vec(), pair(INIT_INDEX, INIT_TERM)).map_err(engine_error)?;
                 batch.put(group, APPLY_STATE_KEY.to_vec(), pair(INIT_INDEX, 0)).map_err(engine_error)?;
+                batch.put_message(group, APPLY_CONF_STATE_KEY.to_vec(), &conf_state).map_err(engine_error)?;
             }
             engine.write(&mut batch, true).map_err(engine_error)?;
         }
@@ -170,10 +173,15 @@ impl GroupStorage {
     }
 
     /// Records where the partition log stood at its last flush.
+    ///
+    /// Staged right after applying up to `state.applied_index`, so the configuration in force is
+    /// the one at that index; it is recorded with it for snapshots (a snapshot carrying a later
+    /// configuration would have the receiver apply the conf changes in between twice).
     pub fn stage_apply_state(&self, batch: &mut LogBatch, state: ApplyState) -> Result<()> {
         batch
             .put(self.group, APPLY_STATE_KEY.to_vec(), pair(state.applied_index, state.next_offset))
-            .map_err(engine_error)
+            .map_err(engine_error)?;
+        batch.put_message(self.group, APPLY_CONF_STATE_KEY.to_vec(), &self.conf_state).map_err(engine_error)
     }
 
     /// The apply state recorded by the last flush, if any.
@@ -320,12 +328,17 @@ impl Storage for GroupStorage {
         }
         let state = self.apply_state().ok_or_else(unavailable)?;
         let term = self.term(state.applied_index)?;
+        let conf_state: ConfState = self
+            .engine
+            .get_message(self.group, APPLY_CONF_STATE_KEY)
+            .map_err(raft_error)?
+            .unwrap_or_else(|| self.conf_state.clone());
         let data = serde_json::to_vec(&SnapshotData { next_offset: state.next_offset }).map_err(|_| unavailable())?;
         let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
         let metadata = snapshot.mut_metadata();
         metadata.index = state.applied_index;
         metadata.term = term;
-        metadata.set_conf_state(self.conf_state.clone());
+        metadata.set_conf_state(conf_state);
         Ok(snapshot)
     }
 }
@@ -358,4 +371,45 @@ pub(crate) fn encode_message(message: &raft::eraftpb::Message) -> Vec<u8> {
 /// Decodes a raft-rs message from the wire.
 pub(crate) fn decode_message(bytes: &[u8]) -> Option<raft::eraftpb::Message> {
     raft::eraftpb::Message::parse_from_bytes(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(dir: &std::path::Path) -> Arc<NodeEngine> {
+        let config = raft_engine::Config { dir: dir.to_string_lossy().into_owned(), ..raft_engine::Config::default() };
+        Arc::new(NodeEngine::open_with_file_system(config, Arc::default()).unwrap())
+    }
+
+    #[test]
+    fn a_founded_group_starts_from_a_snapshot_at_the_initial_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, existed) = GroupStorage::open(engine(dir.path()), 7, &[1, 2, 3]).unwrap();
+        assert!(!existed);
+        assert_eq!((storage.first_index().unwrap(), storage.last_index().unwrap()), (INIT_INDEX + 1, INIT_INDEX));
+        assert_eq!(storage.term(INIT_INDEX).unwrap(), INIT_TERM);
+        assert_eq!(storage.initial_state().unwrap().hard_state.commit, INIT_INDEX);
+        let (empty, _) = GroupStorage::open(engine(&dir.path().join("other")), 8, &[]).unwrap();
+        assert_eq!(empty.last_index().unwrap(), 0, "a replica added later starts empty, for a snapshot");
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_configuration_at_its_index_not_a_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut storage, _) = GroupStorage::open(engine(dir.path()), 7, &[1, 2, 3]).unwrap();
+        // A conf change applied after the last recorded apply state (nothing flushed since).
+        let mut batch = LogBatch::default();
+        let later = ConfState { voters: vec![2, 3, 4], ..ConfState::default() };
+        storage.stage_conf_state(&mut batch, later.clone()).unwrap();
+        storage.engine.write(&mut batch, true).unwrap();
+        let snapshot = storage.snapshot(0, 4).unwrap();
+        assert_eq!(snapshot.get_metadata().index, INIT_INDEX);
+        assert_eq!(snapshot.get_metadata().get_conf_state().voters, vec![1, 2, 3], "the founders, as at index 5");
+        // Once an apply state is recorded after the change, snapshots carry the new configuration.
+        let mut batch = LogBatch::default();
+        storage.stage_apply_state(&mut batch, ApplyState { applied_index: INIT_INDEX, next_offset: 0 }).unwrap();
+        storage.engine.write(&mut batch, true).unwrap();
+        assert_eq!(storage.snapshot(0, 4).unwrap().get_metadata().get_conf_state().voters, later.voters);
+    }
 }

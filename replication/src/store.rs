@@ -678,6 +678,14 @@ impl Store {
             };
             if entry.get_entry_type() != EntryType::EntryNormal {
                 Self::apply_conf_change(shared, group, entry, batch);
+                // Record the apply state at the change: snapshots are made at the recorded
+                // state and carry its configuration, and a replica being added accepts only a
+                // snapshot whose configuration names it (raft-rs refuses others).
+                if let Kind::Partition(replica) = &mut group.kind {
+                    if let Err(error) = replica.flush_now(group.applied, group.raw.store(), batch) {
+                        error!(group = id, %error, "flushing at a configuration change failed");
+                    }
+                }
                 continue;
             }
             if entry.data.is_empty() || group.failed {
