@@ -323,13 +323,19 @@ fn spawn_worker(
     let python =
         std::env::var_os("ROBUSTMQ_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".venv/bin/python"));
     anyhow::ensure!(python.is_file(), "{} is missing: tests/run.sh creates the venv", python.display());
-    let mut child = std::process::Command::new(&python)
-        .arg(&script)
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(worker_log(results, &args)?)
-        .spawn()
-        .with_context(|| format!("starting {}", script.display()))?;
+    let mut command = std::process::Command::new(&python);
+    command.arg(&script).args(&args).stdout(std::process::Stdio::piped()).stderr(worker_log(results, &args)?);
+    // Workers die with the harness (as the nodes do) instead of polling dead brokers for the
+    // rest of their time limit.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().with_context(|| format!("starting {}", script.display()))?;
     let stdout = child.stdout.take().context("worker stdout")?;
     let recorder = recorder.clone();
     Ok(std::thread::spawn(move || {
