@@ -132,15 +132,16 @@ fn set_clock(data: &Path, id: u64, offset_s: i64) -> Result<()> {
     std::fs::write(&path, format!("{offset_s:+}\n")).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Injects faults until the time limit, then heals everything. Returns the fault windows.
+/// Injects faults until the time limit, appending each window to `faults`. On an error the
+/// faults so far stay recorded; [`heal_all`] brings the cluster back for the final read.
 pub async fn run(
     cluster: &mut LocalCluster,
     links: &mut Links,
     options: &Options,
     start: Instant,
-) -> Result<Vec<Fault>> {
+    faults: &mut Vec<Fault>,
+) -> Result<()> {
     let mut rng = Rng::new(options.seed ^ 0x006e_656d_6573_6973);
-    let mut faults = Vec::new();
     let deadline = start + options.time_limit;
     let ms = |at: Instant| at.duration_since(start).as_millis() as u64;
     let data = options.results.join("data");
@@ -221,10 +222,29 @@ pub async fn run(
             Nemesis::Membership => {}
         }
         faults.push(Fault { kind: what, node, start_ms: ms(began), end_ms: ms(Instant::now()) });
-        // A node that exited on its own (a crash) ends the run here, with its log's tail.
+        // A node that exited on its own (a crash) ends the faults here, with its log's tail.
         cluster.check_alive()?;
     }
-    Ok(faults)
+    Ok(())
+}
+
+/// After a failed fault step: heals every link and clock, resumes and restarts every node, so
+/// the run can still wait for recovery, read everything and write its report.
+pub fn heal_all(cluster: &mut LocalCluster, links: &mut Links, options: &Options) {
+    let _ = links.heal();
+    let data = options.results.join("data");
+    for id in 1..=options.nodes {
+        if clock_file(&data, id).exists() {
+            let _ = set_clock(&data, id, 0);
+        }
+    }
+    let _ = cluster.check_alive();
+    for id in 1..=options.nodes {
+        cluster.signal(id, libc::SIGCONT);
+        if !cluster.is_running(id) {
+            let _ = cluster.spawn(id);
+        }
+    }
 }
 
 /// Which links a partition cuts, Jepsen's shapes: a node or a random minority (`side`) from

@@ -116,14 +116,21 @@ pub fn run(options: &Options) -> Result<Verdict> {
     let outcome = runtime.block_on(drive(&mut cluster, &mut links, options));
     cluster.kill_all();
     drop(links);
-    let (history, faults, recovery) = outcome?;
+    let (history, faults, recovery, failure) = outcome?;
     // kafka-queue's second producer has no idempotence: at-least-once (see kafka_workers).
     let at_least_once: BTreeSet<u64> = if options.workload == "kafka-queue" { [1001].into() } else { BTreeSet::new() };
     let verdict = checker::check_with(&history, &at_least_once);
     crate::history::write(&options.results.join("history.jsonl"), &history)?;
     report::write(&options.results, options, &history, &faults, recovery, &verdict)?;
+    if let Some(failure) = failure {
+        bail!("the nemesis failed ({failure}); the history was still checked: see {}", options.results.display());
+    }
     Ok(verdict)
 }
+
+/// What a run produced: its history, the fault windows, the recovery time after the final
+/// heal, and why the nemesis stopped early, if it did.
+type Outcome = (Vec<Event>, Vec<Fault>, Duration, Option<String>);
 
 /// Places the nodes as the faults need (see [`NetworkMode`]) and starts them.
 fn start_cluster(
@@ -186,11 +193,7 @@ fn start_cluster(
     Ok((cluster, links))
 }
 
-async fn drive(
-    cluster: &mut LocalCluster,
-    links: &mut Links,
-    options: &Options,
-) -> Result<(Vec<Event>, Vec<Fault>, Duration)> {
+async fn drive(cluster: &mut LocalCluster, links: &mut Links, options: &Options) -> Result<Outcome> {
     cluster.wait_ready().await?;
     let replication = options.nodes.min(3) as u32;
     cluster.client(None).create_topic(TOPIC, PARTITIONS, replication).await.context("creating the topic")?;
@@ -204,7 +207,7 @@ async fn drive(
     if options.workload.starts_with("kafka-") {
         let bootstrap = cluster.nodes.iter().map(|n| n.kafka.clone()).collect::<Vec<_>>().join(",");
         let workers = kafka_workers(&bootstrap, &options.workload, options, &recorder)?;
-        let faults = nemesis::run(cluster, links, options, recorder.start).await?;
+        let (faults, failure) = faults_until_the_end(cluster, links, options, recorder.start).await;
         for worker in workers {
             let _ = tokio::task::spawn_blocking(move || worker.join()).await;
         }
@@ -220,9 +223,9 @@ async fn drive(
             let reader = spawn_worker(args, &recorder, &options.results)?;
             let _ = tokio::task::spawn_blocking(move || reader.join()).await;
             let history = std::mem::take(&mut *recorder.events.lock().unwrap_or_else(|p| p.into_inner()));
-            return Ok((history, faults, recovery));
+            return Ok((history, faults, recovery, failure));
         }
-        return finish(cluster, recorder, faults).await;
+        return finish(cluster, recorder, faults, failure).await;
     }
     for producer in 0..PRODUCERS {
         let (client, recorder, stop, next_value) =
@@ -235,13 +238,32 @@ async fn drive(
         tasks.push(tokio::spawn(consume(client, recorder, stop, 100 + partition as u64, partition)));
     }
 
-    let faults = nemesis::run(cluster, links, options, recorder.start).await?;
+    let (faults, failure) = faults_until_the_end(cluster, links, options, recorder.start).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
     }
 
-    finish(cluster, recorder, faults).await
+    finish(cluster, recorder, faults, failure).await
+}
+
+/// Runs the nemesis; if a fault step fails (a node crashed, a membership change could not be
+/// made), heals everything so the run can still read, check and report, and returns the error.
+async fn faults_until_the_end(
+    cluster: &mut LocalCluster,
+    links: &mut Links,
+    options: &Options,
+    start: Instant,
+) -> (Vec<Fault>, Option<String>) {
+    let mut faults = Vec::new();
+    match nemesis::run(cluster, links, options, start, &mut faults).await {
+        Ok(()) => (faults, None),
+        Err(error) => {
+            eprintln!("jepsen: the nemesis failed: {error:#}; healing everything for the final read");
+            nemesis::heal_all(cluster, links, options);
+            (faults, Some(format!("{error:#}")))
+        }
+    }
 }
 
 /// After the faults: waits for every partition to have a leader (the recovery time), reads
@@ -250,7 +272,8 @@ async fn finish(
     cluster: &mut LocalCluster,
     recorder: Recorder,
     faults: Vec<Fault>,
-) -> Result<(Vec<Event>, Vec<Fault>, Duration)> {
+    failure: Option<String>,
+) -> Result<Outcome> {
     // Heal (the nemesis already restarted and resumed everything) and measure recovery.
     let healed = Instant::now();
     for partition in 0..PARTITIONS {
@@ -266,7 +289,7 @@ async fn finish(
         recorder.record(done);
     }
     let history = std::mem::take(&mut *recorder.events.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok((history, faults, recovery))
+    Ok((history, faults, recovery, failure))
 }
 
 /// Starts the librdkafka workers (`tests/kafka/jepsen_worker.py`). `kafka-queue`: an
