@@ -254,8 +254,11 @@ impl Cluster {
     /// (what `read_committed` readers need).
     pub fn transactions(&self, topic: &str, partition: u32) -> Result<(u64, Arc<Vec<AbortedTxn>>)> {
         let handle = self.leading(topic, partition)?;
+        // The LSO first: the aborted list is published before it (see `publish_transactions`),
+        // so every aborted transaction below this LSO is in the list read next.
+        let stable = handle.last_stable_offset.load(Ordering::Acquire);
         let aborted = handle.aborted.read().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok((handle.last_stable_offset.load(Ordering::Acquire), aborted))
+        Ok((stable, aborted))
     }
 
     /// A read handle on a partition this node leads, and a watch of its high watermark that

@@ -186,12 +186,16 @@ impl PartitionReplica {
     }
 
     /// Makes the transaction state visible to readers (the aborted list only when it changed).
+    ///
+    /// The aborted list first, then the last stable offset: a reader that sees an LSO past an
+    /// aborted transaction must also see it listed (readers load the LSO first), or a
+    /// read_committed consumer delivers its records — the Jepsen kafka-txn run found that.
     fn publish_transactions(&self, aborted_changed: bool) {
-        self.handle.last_stable_offset.store(self.producers.last_stable_offset(), Ordering::Release);
         if aborted_changed {
             let aborted = Arc::new(self.producers.aborted().to_vec());
             *self.handle.aborted.write().unwrap_or_else(|p| p.into_inner()) = aborted;
         }
+        self.handle.last_stable_offset.store(self.producers.last_stable_offset(), Ordering::Release);
     }
 
     /// Adopts changed topic settings: retention, segment size, cleanup policy and batch limit
