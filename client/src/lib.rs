@@ -308,12 +308,13 @@ impl Client {
         self.call(|mut c| async move { c.allocate_producer_ids(request).await }).await.map(|r| r.first)
     }
 
-    /// Raft groups whose voters, as some remaining node sees them, still include `id`: partitions
-    /// (one no remaining node can describe counts as pending too) and the metadata group. Once
-    /// this is 0 the node's data can be wiped and the id reused.
+    /// Raft groups that still count node `id` as a voter, as any remaining node sees them: each
+    /// partition whose placement or local replica's voters name it, plus the metadata group if
+    /// any remaining node (or one that cannot be asked) still lists it. Once this is 0 the
+    /// node's data can be wiped and its id reused.
     pub async fn removal_pending(&self, id: u64) -> Result<usize, Error> {
         let status = self.cluster_status().await?;
-        let mut seen: std::collections::HashMap<(String, u32), bool> = std::collections::HashMap::new();
+        let mut pending: std::collections::HashSet<(String, u32)> = std::collections::HashSet::new();
         let mut metadata_pending = false;
         for node in status.nodes.iter().filter(|n| !n.removed) {
             let direct = Client::new(vec![node.address.clone()]).with_retry_deadline(std::time::Duration::from_secs(2));
@@ -324,18 +325,16 @@ impl Client {
             let Ok(topics) = direct.list_topics().await else { continue };
             for topic in topics {
                 for partition in topic.partitions {
-                    let key = (topic.name.clone(), partition.partition);
-                    let settled = seen.entry(key).or_insert(true);
-                    if partition.voters.is_empty() {
-                        continue;
-                    }
-                    if partition.voters.contains(&id) || partition.replicas.contains(&id) {
-                        *settled = false;
+                    // No voters: the node holds no replica of it (or one not brought in yet).
+                    if !partition.voters.is_empty()
+                        && (partition.voters.contains(&id) || partition.replicas.contains(&id))
+                    {
+                        pending.insert((topic.name.clone(), partition.partition));
                     }
                 }
             }
         }
-        Ok(seen.values().filter(|settled| !**settled).count() + usize::from(metadata_pending))
+        Ok(pending.len() + usize::from(metadata_pending))
     }
 
     /// Removes a node: its replicas move to other nodes.

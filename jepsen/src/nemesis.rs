@@ -22,7 +22,7 @@ use crate::report::Fault;
 use crate::run::{Options, Rng};
 
 /// Where libfaketime lives on Debian (package `faketime`).
-pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// How long a removed node's replicas may take to move away before the node is re-added
 /// without being wiped.
 const REMOVAL_MAX: Duration = Duration::from_secs(60);
@@ -78,6 +78,11 @@ impl Nemesis {
     pub fn needs_links(self) -> bool {
         matches!(self, Nemesis::Partition | Nemesis::Delay | Nemesis::Loss)
     }
+
+    /// Whether only the proxies can inject this fault (namespaces can only cut).
+    pub fn needs_proxies(self) -> bool {
+        matches!(self, Nemesis::Delay | Nemesis::Loss)
+    }
 }
 
 /// How nodes reach each other in this run.
@@ -122,8 +127,29 @@ impl Links {
 }
 
 /// The file libfaketime reads node `id`'s clock offset from.
-pub fn clock_file(data: &Path, id: u64) -> PathBuf {
+fn clock_file(data: &Path, id: u64) -> PathBuf {
     data.join(format!("node{id}.faketime"))
+}
+
+/// Makes every node's wall clock adjustable: each will run under libfaketime, reading its
+/// offset from its own file (re-read every second; monotonic clocks are left alone).
+pub fn prepare_clocks(cluster: &mut LocalCluster, data: &Path) -> Result<()> {
+    anyhow::ensure!(
+        Path::new(LIBFAKETIME).is_file(),
+        "the clock nemesis needs libfaketime ({LIBFAKETIME}; apt-get install faketime)"
+    );
+    std::fs::create_dir_all(data)?;
+    for node in &mut cluster.nodes {
+        let file = clock_file(data, node.id);
+        set_clock(data, node.id, 0)?;
+        node.env = vec![
+            ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+            ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+            ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+            ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ];
+    }
+    Ok(())
 }
 
 /// Sets node `id`'s wall clock `offset_s` seconds off (libfaketime re-reads the file each second).
@@ -334,11 +360,7 @@ async fn add_again(cluster: &mut LocalCluster, node: u64) -> Result<()> {
 /// Damages one partition log of a killed node: flips one byte of its last 4 KiB, or cuts up
 /// to 4 KiB off its end. The node must cut the damage off and fetch it from another replica.
 fn damage(node_dir: &Path, kind: Nemesis, rng: &mut Rng) -> Result<String> {
-    let mut logs: Vec<PathBuf> = match std::fs::read_dir(node_dir.join("partitions")) {
-        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(_) => Vec::new(),
-    };
-    logs.sort();
+    let logs = partition_logs(node_dir);
     if logs.is_empty() {
         return Ok(format!("{kind:?}: no partition log to damage").to_lowercase());
     }
@@ -363,10 +385,18 @@ fn damage(node_dir: &Path, kind: Nemesis, rng: &mut Rng) -> Result<String> {
 /// fsyncs every write, so the Raft log loses nothing).
 fn lose_unflushed(node_dir: &Path) -> Result<u64> {
     let mut lost = 0;
-    if let Ok(entries) = std::fs::read_dir(node_dir.join("partitions")) {
-        for entry in entries {
-            lost += log_store::fault::lose_unflushed(&entry?.path())?;
-        }
+    for log in partition_logs(node_dir) {
+        lost += log_store::fault::lose_unflushed(&log)?;
     }
     Ok(lost)
+}
+
+/// The partition log directories of a node, in name order (none before its first start).
+fn partition_logs(node_dir: &Path) -> Vec<PathBuf> {
+    let mut logs: Vec<PathBuf> = match std::fs::read_dir(node_dir.join("partitions")) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    logs.sort();
+    logs
 }

@@ -173,13 +173,14 @@ async fn pump(
     let mut cut = state.clone();
     let reader = async move {
         let mut last_due = Instant::now();
+        let mut buffer = vec![0u8; CHUNK_BYTES];
         loop {
-            let mut buffer = vec![0u8; CHUNK_BYTES];
             let read = match from.read(&mut buffer).await {
                 Ok(0) | Err(_) => return,
                 Ok(read) => read,
             };
-            buffer.truncate(read);
+            // Queued chunks hold what was read, not a whole read buffer each.
+            let chunk = buffer[..read].to_vec();
             let link = *state.borrow();
             let mut wait = link.delay;
             if !link.jitter.is_zero() {
@@ -193,7 +194,7 @@ async fn pump(
             }
             // In order: a chunk never overtakes the one before it.
             last_due = last_due.max(Instant::now() + wait);
-            if chunks.send((last_due, buffer)).await.is_err() {
+            if chunks.send((last_due, chunk)).await.is_err() {
                 return;
             }
         }

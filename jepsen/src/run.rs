@@ -139,7 +139,7 @@ fn start_cluster(
     env: Vec<(String, String)>,
 ) -> Result<(LocalCluster, Links)> {
     let needs_links = options.nemesis.iter().any(|n| n.needs_links());
-    let needs_proxies = options.nemesis.iter().any(|n| matches!(n, Nemesis::Delay | Nemesis::Loss));
+    let needs_proxies = options.nemesis.iter().any(|n| n.needs_proxies());
     if options.nemesis.contains(&Nemesis::Membership) && options.nodes <= 3 {
         bail!("the membership nemesis needs more nodes than the replication factor 3 (--nodes 4 or more)");
     }
@@ -170,22 +170,7 @@ fn start_cluster(
         (LocalCluster::plan(&options.robustmq, data, options.nodes, env, &Placement::Loopback)?, Links::Direct)
     };
     if options.nemesis.contains(&Nemesis::Clock) {
-        anyhow::ensure!(
-            std::path::Path::new(nemesis::LIBFAKETIME).is_file(),
-            "the clock nemesis needs libfaketime ({}; apt-get install faketime)",
-            nemesis::LIBFAKETIME
-        );
-        std::fs::create_dir_all(data)?;
-        for node in &mut cluster.nodes {
-            let file = nemesis::clock_file(data, node.id);
-            std::fs::write(&file, "+0\n")?;
-            node.env = vec![
-                ("LD_PRELOAD".into(), nemesis::LIBFAKETIME.into()),
-                ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
-                ("FAKETIME_CACHE_DURATION".into(), "1".into()),
-                ("DONT_FAKE_MONOTONIC".into(), "1".into()),
-            ];
-        }
+        nemesis::prepare_clocks(&mut cluster, data)?;
     }
     for id in 1..=options.nodes {
         cluster.spawn(id)?;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::Checkpoint;
 
 /// The segment files of a log directory, by base offset.
-fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+pub(crate) fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut segments = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();

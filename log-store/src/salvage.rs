@@ -88,16 +88,7 @@ fn cut_at(dir: &Path, file: &Path, position: u64) -> Result<u64> {
         .and_then(|stem| stem.parse().ok())
         .filter(|_| file.extension().is_some_and(|e| e == "log"))
         .ok_or_else(corrupt)?;
-    let mut bases = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
-        let path = entry.map_err(Error::io(dir))?.path();
-        if path.extension().is_some_and(|e| e == "log") {
-            if let Some(found) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()) {
-                bases.push(found);
-            }
-        }
-    }
-    bases.sort_unstable();
+    let segments = crate::fault::segments(dir).map_err(Error::io(dir))?;
     let mut cut = 0;
     let segment = OpenOptions::new().write(true).open(file).map_err(Error::io(file))?;
     let len = segment.metadata().map_err(Error::io(file))?.len();
@@ -106,14 +97,13 @@ fn cut_at(dir: &Path, file: &Path, position: u64) -> Result<u64> {
         segment.sync_all().map_err(Error::io(file))?;
         cut += len - position;
     }
-    for later in bases.iter().filter(|b| **b > base) {
-        let path = dir.join(file_name(*later, "log"));
-        cut += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    for (later, path) in segments.iter().filter(|(b, _)| *b > base) {
+        cut += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         for extension in ["log", "index", "timeindex"] {
             let _ = std::fs::remove_file(dir.join(file_name(*later, extension)));
         }
     }
-    let first = bases.first().copied().unwrap_or(base);
+    let first = segments.first().map_or(base, |(first, _)| *first);
     let log_start_offset = Checkpoint::read(dir).map_or(first, |c| c.log_start_offset);
     Checkpoint { recovery_segment: first, recovery_position: 0, recovery_next_offset: first, log_start_offset }
         .write(dir)?;
