@@ -24,7 +24,7 @@ use proto::v1::broker_client::BrokerClient;
 use proto::v1::{
     AddNodeRequest, AddPartitionsRequest, AllocateProducerIdsRequest, AlterTopicConfigRequest, ClusterStatusRequest,
     CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest, ListTopicsRequest, ProduceRequest,
-    RemoveNodeRequest, SetEndpointsRequest,
+    RebalanceRequest, RemoveNodeRequest, SetEndpointsRequest,
 };
 pub use proto::v1::{ClusterStatusResponse, FetchResponse, TopicConfig, TopicDescription};
 use tonic::transport::{Channel, Endpoint};
@@ -341,6 +341,37 @@ impl Client {
     pub async fn remove_node(&self, id: u64) -> Result<(), Error> {
         let request = RemoveNodeRequest { id };
         self.call(|mut c| async move { c.remove_node(request).await }).await.map(|_| ())
+    }
+
+    /// Evens out replicas and preferred leaders over the active nodes; returns how many
+    /// partitions' placement changed (the moves then run in the background: see
+    /// [`Client::moves_pending`]).
+    pub async fn rebalance(&self) -> Result<u32, Error> {
+        self.call(|mut c| async move { c.rebalance(RebalanceRequest {}).await }).await.map(|r| r.partitions_moved)
+    }
+
+    /// Partitions whose replica moves have not finished, as any active node sees them: a
+    /// node's replica counts voters other than the placement's replicas (a replica moved away
+    /// counts until its node drops it). An active node that cannot be asked is an error.
+    pub async fn moves_pending(&self) -> Result<usize, Error> {
+        let status = self.cluster_status().await?;
+        let mut pending: std::collections::HashSet<(String, u32)> = std::collections::HashSet::new();
+        for node in status.nodes.iter().filter(|n| !n.removed) {
+            let direct = Client::new(vec![node.address.clone()]).with_retry_deadline(std::time::Duration::from_secs(2));
+            let topics = direct.list_topics().await?;
+            for topic in topics {
+                for partition in topic.partitions {
+                    let mut voters = partition.voters.clone();
+                    let mut replicas = partition.replicas.clone();
+                    voters.sort_unstable();
+                    replicas.sort_unstable();
+                    if !voters.is_empty() && voters != replicas {
+                        pending.insert((topic.name.clone(), partition.partition));
+                    }
+                }
+            }
+        }
+        Ok(pending.len())
     }
 
     /// The cluster as the answering node sees it.

@@ -147,6 +147,8 @@ pub(crate) enum Command {
     AllocateProducerIds {
         count: u32,
     },
+    /// Evens out replicas and preferred leaders over the active nodes (after nodes were added).
+    Rebalance,
 }
 
 /// What applying a command changed, for the store loop to act on.
@@ -171,6 +173,11 @@ pub(crate) enum Change {
     /// A node was removed; these partitions got a new replica in its place.
     NodeRemoved {
         id: NodeId,
+        moved: Vec<(String, PartitionInfo)>,
+    },
+    /// Replicas or preferred leaders moved to even out the load; each partition listed has its
+    /// new placement.
+    Rebalanced {
         moved: Vec<(String, PartitionInfo)>,
     },
 }
@@ -237,6 +244,7 @@ impl Catalog {
                 Ok(Change::NodeAdded(node))
             }
             Command::RemoveNode { id } => self.remove_node(*id),
+            Command::Rebalance => self.rebalance(),
             Command::SetEndpoints { id, endpoints } => {
                 let node = self
                     .nodes
@@ -387,6 +395,83 @@ impl Catalog {
         Ok(Change::NodeRemoved { id, moved })
     }
 
+    /// Moves replicas from the most to the least loaded active node until replica counts differ
+    /// by at most one, then reorders replicas until preferred-leader counts do too (that moves
+    /// no data: the leaders hand leadership over). Follower replicas move before preferred
+    /// leaders; a moved replica keeps its slot.
+    fn rebalance(&mut self) -> Result<Change> {
+        let nodes = self.active_nodes();
+        if nodes.is_empty() {
+            return Err(Error::NotReady);
+        }
+        let mut moved: BTreeMap<(String, u32), PartitionInfo> = BTreeMap::new();
+        let mut load = self.load(|replicas| replicas.to_vec(), &nodes);
+        // Follower replicas move first, so partitions keep their preferred leaders if they can.
+        for move_leaders in [false, true] {
+            let slot_of = |replicas: &[NodeId], from: NodeId, to: NodeId| {
+                let slot = replicas.iter().position(|r| *r == from)?;
+                (!replicas.contains(&to) && (move_leaders || slot > 0)).then_some(slot)
+            };
+            while let Some((from, to, topic, partition, slot)) = self.next_move(&load, slot_of) {
+                let info = &mut self.topics.get_mut(&topic).expect("found").partitions[partition as usize];
+                info.replicas[slot] = to;
+                *load.get_mut(&from).expect("active") -= 1;
+                *load.get_mut(&to).expect("active") += 1;
+                moved.insert((topic, partition), info.clone());
+            }
+        }
+        let mut leaders = self.load(|replicas| replicas[..1].to_vec(), &nodes);
+        let leader_swap = |replicas: &[NodeId], from: NodeId, to: NodeId| {
+            (replicas.first() == Some(&from)).then(|| replicas.iter().position(|r| *r == to)).flatten()
+        };
+        while let Some((from, to, topic, partition, slot)) = self.next_move(&leaders, leader_swap) {
+            let info = &mut self.topics.get_mut(&topic).expect("found").partitions[partition as usize];
+            info.replicas.swap(0, slot);
+            *leaders.get_mut(&from).expect("active") -= 1;
+            *leaders.get_mut(&to).expect("active") += 1;
+            moved.insert((topic, partition), info.clone());
+        }
+        Ok(Change::Rebalanced { moved: moved.into_iter().map(|((topic, _), info)| (topic, info)).collect() })
+    }
+
+    /// Per active node, how many of the nodes `pick` names over every partition's replicas.
+    fn load(&self, pick: impl Fn(&[NodeId]) -> Vec<NodeId>, nodes: &[NodeId]) -> BTreeMap<NodeId, usize> {
+        let mut load: BTreeMap<NodeId, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+        for partition in self.topics.values().flat_map(|t| &t.partitions) {
+            for node in pick(&partition.replicas) {
+                if let Some(count) = load.get_mut(&node) {
+                    *count += 1;
+                }
+            }
+        }
+        load
+    }
+
+    /// The next step of a rebalance: a pair of nodes whose counts in `load` differ by more than
+    /// one (the widest gap first, lowest ids on ties) and the first partition (topic name, then
+    /// partition order) where `slot_of` finds a slot to move from one to the other. Each step
+    /// narrows the spread, so a rebalance ends.
+    fn next_move(
+        &self,
+        load: &BTreeMap<NodeId, usize>,
+        slot_of: impl Fn(&[NodeId], NodeId, NodeId) -> Option<usize>,
+    ) -> Option<(NodeId, NodeId, String, u32, usize)> {
+        let mut pairs: Vec<(usize, NodeId, NodeId)> = load
+            .iter()
+            .flat_map(|(from, high)| {
+                load.iter().filter(move |(_, low)| *high > **low + 1).map(move |(to, low)| (high - low, *from, *to))
+            })
+            .collect();
+        pairs.sort_by_key(|(gap, from, to)| (std::cmp::Reverse(*gap), *from, *to));
+        pairs.into_iter().find_map(|(_, from, to)| {
+            self.topics.values().find_map(|topic| {
+                topic.partitions.iter().find_map(|p| {
+                    slot_of(&p.replicas, from, to).map(|slot| (from, to, topic.name.clone(), p.partition, slot))
+                })
+            })
+        })
+    }
+
     /// The partition of a topic.
     pub fn partition(&self, topic: &str, partition: u32) -> Result<&PartitionInfo> {
         let info = self.topics.get(topic).ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
@@ -481,6 +566,50 @@ mod tests {
         catalog.apply(&Command::RemoveNode { id: NodeId(1) }).unwrap();
         assert!(catalog.apply(&Command::RemoveNode { id: NodeId(3) }).is_err(), "would leave two nodes for RF 3");
         assert_eq!(catalog.active_nodes(), vec![NodeId(3), NodeId(4), NodeId(5)]);
+    }
+
+    /// Replicas per node and preferred leaders per node, over every partition.
+    fn counts(catalog: &Catalog) -> (BTreeMap<NodeId, usize>, BTreeMap<NodeId, usize>) {
+        let nodes = catalog.active_nodes();
+        (catalog.load(|r| r.to_vec(), &nodes), catalog.load(|r| r[..1].to_vec(), &nodes))
+    }
+
+    #[test]
+    fn rebalancing_spreads_replicas_and_leaders_onto_added_nodes() {
+        let mut catalog = catalog(3);
+        catalog.apply(&create("a", 6, 3)).unwrap();
+        catalog.apply(&create("b", 5, 2)).unwrap();
+        catalog.apply(&create("c", 1, 1)).unwrap();
+        for id in [4, 5] {
+            catalog.apply(&Command::AddNode { id: NodeId(id), address: format!("127.0.0.1:930{id}") }).unwrap();
+        }
+        let before = catalog.clone();
+        let (replicas, _) = counts(&catalog);
+        assert_eq!((replicas[&NodeId(4)], replicas[&NodeId(5)]), (0, 0), "added nodes start empty");
+        let Change::Rebalanced { moved } = catalog.apply(&Command::Rebalance).unwrap() else { panic!() };
+        assert!(!moved.is_empty());
+        let (replicas, leaders) = counts(&catalog);
+        let spread = |load: &BTreeMap<NodeId, usize>| load.values().max().unwrap() - load.values().min().unwrap();
+        assert!(spread(&replicas) <= 1, "replicas per node {replicas:?}");
+        assert!(spread(&leaders) <= 1, "preferred leaders per node {leaders:?}");
+        for (name, topic) in &catalog.topics {
+            for (partition, old) in topic.partitions.iter().zip(&before.topics[name].partitions) {
+                let mut distinct = partition.replicas.clone();
+                distinct.sort();
+                distinct.dedup();
+                assert_eq!(distinct.len(), topic.replication_factor as usize, "replicas on distinct nodes");
+                assert_eq!(partition.group, old.group);
+                let listed = moved.iter().any(|(t, p)| t == name && p.partition == partition.partition);
+                assert_eq!(
+                    listed,
+                    partition.replicas != old.replicas,
+                    "{name}/{}: listed iff changed",
+                    partition.partition
+                );
+            }
+        }
+        let Change::Rebalanced { moved } = catalog.apply(&Command::Rebalance).unwrap() else { panic!() };
+        assert!(moved.is_empty(), "a balanced cluster stays as it is");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub(crate) struct Shared {
     pub dial_via: BTreeMap<u64, String>,
     /// Index of the last metadata entry applied to `catalog` (what a metadata snapshot holds).
     pub metadata_applied: AtomicU64,
+    /// The last metadata index cut from this node's Raft log (compacted, or covered by an
+    /// installed snapshot).
+    pub metadata_truncated: AtomicU64,
     /// The metadata group's voters as this node last applied them.
     pub metadata_voters: RwLock<Vec<u64>>,
     pub stopped: AtomicBool,
@@ -139,6 +142,12 @@ impl Cluster {
     /// Reads the catalog in place (no copy), for callers that need a little of it often.
     pub fn with_catalog<R>(&self, read: impl FnOnce(&Catalog) -> R) -> R {
         read(&self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The last metadata-log index this node's Raft log no longer holds (cut by compaction or
+    /// covered by an installed snapshot); its catalog image is as of there.
+    pub fn metadata_truncated_index(&self) -> u64 {
+        self.shared.metadata_truncated.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The metadata group's voters as this node last applied them (a removed node is gone
@@ -325,6 +334,17 @@ impl Cluster {
     /// with joint-consensus conf changes; then it leaves the metadata group.
     pub async fn remove_node(&self, id: NodeId) -> Result<()> {
         self.propose_metadata(Command::RemoveNode { id }).await.map(|_| ())
+    }
+
+    /// Evens out replicas and preferred leaders over the active nodes; returns how many
+    /// partitions' placement changed. The groups' leaders then move the replicas with
+    /// joint-consensus conf changes, the preferred replicas take leadership over, and nodes
+    /// drop the replicas moved away once their groups no longer count them.
+    pub async fn rebalance(&self) -> Result<usize> {
+        match self.propose_metadata(Command::Rebalance).await? {
+            Applied::Moved(count) => Ok(count),
+            other => Err(Error::Engine(format!("unexpected apply result {other:?}"))),
+        }
     }
 
     /// The voters of a local replica's group as this node last applied them.

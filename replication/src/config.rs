@@ -41,6 +41,10 @@ pub struct ReplicationConfig {
     /// Raft entries kept behind the flushed point for followers that lag; one further behind
     /// is brought up to date with a snapshot instead.
     pub log_retained_entries: u64,
+    /// The metadata group's Raft log is cut at its applied index, with the catalog as of that
+    /// index kept as the image a restart begins from, once this many entries were applied since
+    /// the last cut. A node further behind gets the catalog as a snapshot.
+    pub metadata_log_compact_entries: u64,
     /// A partition leader that is not the preferred replica (the first in placement order)
     /// hands leadership to it once it has led this long and the preferred replica is caught
     /// up, so leaders spread again after failures (Kafka's preferred leader election).
@@ -83,6 +87,7 @@ impl Default for ReplicationConfig {
             flush_interval_ms: 1000,
             flush_bytes: 8 << 20,
             log_retained_entries: 10_000,
+            metadata_log_compact_entries: 1_000,
             leader_balance_after_ms: 30_000,
             batch_bytes_max: 1024 * 1024 + 12,
             segment_bytes: 1 << 30,

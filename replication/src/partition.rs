@@ -50,7 +50,8 @@ pub(crate) struct PartitionHandle {
     pub batch_bytes_max: AtomicUsize,
     /// Bound on decompressed batch sizes when validating.
     pub decompressed_bytes_max: usize,
-    /// The group's voters as this replica last applied them.
+    /// The group's voters as this replica last applied them (in a joint configuration, the
+    /// incoming and the outgoing ones).
     pub voters: std::sync::RwLock<Vec<NodeId>>,
     /// The last stable offset (`read_committed` reads stop there).
     pub last_stable_offset: AtomicU64,
@@ -60,7 +61,7 @@ pub(crate) struct PartitionHandle {
 
 impl PartitionHandle {
     pub fn set_voters(&self, conf_state: &raft::eraftpb::ConfState) {
-        let voters = conf_state.voters.iter().map(|id| NodeId(*id)).collect();
+        let voters = crate::raft_storage::members(conf_state).into_iter().map(NodeId).collect();
         *self.voters.write().unwrap_or_else(|p| p.into_inner()) = voters;
     }
 

@@ -30,6 +30,8 @@ const APPLY_CONF_STATE_KEY: &[u8] = b"apply_conf_state";
 const TRUNCATED_STATE_KEY: &[u8] = b"truncated_state";
 /// The metadata group's catalog as of its truncated index (an installed snapshot).
 const METADATA_IMAGE_KEY: &[u8] = b"metadata_image";
+/// Left by [`GroupStorage::clean`]: this node held a replica of the group and dropped it.
+const TOMBSTONE_KEY: &[u8] = b"tombstone";
 
 /// Index (and term) of the implicit snapshot a founded group starts from.
 pub(crate) const INIT_INDEX: u64 = 5;
@@ -62,6 +64,15 @@ pub(crate) struct SnapshotData {
     pub next_offset: u64,
 }
 
+/// Every voter of a configuration: the incoming and, in a joint configuration, the outgoing
+/// ones, in id order. A node in either still counts for quorums.
+pub(crate) fn members(conf_state: &ConfState) -> Vec<u64> {
+    let mut members: Vec<u64> = conf_state.voters.iter().chain(&conf_state.voters_outgoing).copied().collect();
+    members.sort_unstable();
+    members.dedup();
+    members
+}
+
 /// One group's view of the raft-engine.
 ///
 /// # Invariants
@@ -86,9 +97,15 @@ pub(crate) struct GroupStorage {
 impl GroupStorage {
     /// Loads a group's state. A group the engine has never seen is founded with `voters`
     /// (at [`INIT_INDEX`]), or, with none, starts empty to be brought in by a snapshot.
+    ///
+    /// A group this node dropped before (see [`GroupStorage::clean`]) is never founded again,
+    /// whatever `voters` says: a restart that replays the topic's creation from the metadata
+    /// log must not bring back a replica at the group's first state, with its old votes
+    /// forgotten. It starts empty instead, for a leader to bring in if it is placed here again.
     pub fn open(engine: Arc<NodeEngine>, group: u64, voters: &[u64]) -> Result<(GroupStorage, bool)> {
         let conf_state: Option<ConfState> = engine.get_message(group, CONF_STATE_KEY).map_err(engine_error)?;
         let existed = conf_state.is_some();
+        let voters = if engine.get(group, TOMBSTONE_KEY).is_some() { &[] } else { voters };
         if !existed {
             let conf_state = ConfState { voters: voters.to_vec(), ..ConfState::default() };
             let mut batch = LogBatch::default();
@@ -250,9 +267,11 @@ impl GroupStorage {
         self.stage_apply_state(batch, ApplyState { applied_index: metadata.index, next_offset })
     }
 
-    /// Removes everything the engine holds for this group (the topic was deleted).
-    pub fn clean(&self, batch: &mut LogBatch) {
+    /// Removes everything the engine holds for this group (the topic was deleted, or the
+    /// replica moved away), leaving a tombstone behind.
+    pub fn clean(&self, batch: &mut LogBatch) -> Result<()> {
         batch.add_command(self.group, raft_engine::Command::Clean);
+        batch.put(self.group, TOMBSTONE_KEY.to_vec(), vec![1]).map_err(engine_error)
     }
 
     fn entry_term(&self, index: u64) -> raft::Result<Option<u64>> {
@@ -380,6 +399,28 @@ mod tests {
     fn engine(dir: &std::path::Path) -> Arc<NodeEngine> {
         let config = raft_engine::Config { dir: dir.to_string_lossy().into_owned(), ..raft_engine::Config::default() };
         Arc::new(NodeEngine::open_with_file_system(config, Arc::default()).unwrap())
+    }
+
+    #[test]
+    fn a_dropped_group_is_never_founded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path());
+        let (storage, existed) = GroupStorage::open(engine.clone(), 1007, &[1, 2, 3]).unwrap();
+        assert!(!existed);
+        assert_eq!(storage.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        let mut batch = LogBatch::default();
+        storage.clean(&mut batch).unwrap();
+        engine.write(&mut batch, true).unwrap();
+        drop(storage);
+        // As a restart replaying the topic's creation would ask, also after reopening the engine.
+        drop(engine);
+        let engine = self::engine(dir.path());
+        let (storage, existed) = GroupStorage::open(engine, 1007, &[1, 2, 3]).unwrap();
+        assert!(!existed, "nothing of the dropped replica is left");
+        let state = storage.initial_state().unwrap();
+        assert!(state.conf_state.voters.is_empty(), "not founded again: {:?}", state.conf_state);
+        assert_eq!(state.hard_state.commit, 0);
+        assert_eq!(storage.truncated_index(), 0);
     }
 
     #[test]

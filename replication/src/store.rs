@@ -27,13 +27,13 @@ use crate::engine_fs::{NodeEngine, NodeFileSystem};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::catalog::{Catalog, Change, Command, NodeInfo, TopicInfo};
+use crate::catalog::{Catalog, Change, Command, NodeInfo, PartitionInfo, TopicInfo};
 use crate::cluster::{Cluster, Shared, TopicDefaults};
 use crate::config::ReplicationConfig;
 use crate::error::{Error, Result};
 use crate::ids::{GroupId, NodeId, METADATA_GROUP};
 use crate::partition::PartitionReplica;
-use crate::raft_storage::{engine_error, GroupStorage, SnapshotData};
+use crate::raft_storage::{engine_error, members, GroupStorage, SnapshotData};
 use crate::transport::{Outbox, RaftService, Transport};
 
 /// Most inbox messages handled before the loop looks at the groups again.
@@ -55,6 +55,8 @@ pub(crate) enum Applied {
     Offsets(Offset, Offset),
     Topic(TopicInfo),
     ProducerIds(i64),
+    /// Partitions whose placement a rebalance changed.
+    Moved(usize),
     Done,
 }
 
@@ -97,6 +99,12 @@ pub(crate) enum StoreMsg {
     /// A repairing replica fetched what its damaged log lacked: apply what waited.
     Repaired {
         group: u64,
+    },
+    /// Another replica of a group placed elsewhere now answered whether its committed
+    /// configuration still names this node; `removed`: it does not.
+    RemovalChecked {
+        group: u64,
+        removed: bool,
     },
     Shutdown(oneshot::Sender<()>),
 }
@@ -205,6 +213,8 @@ pub(crate) struct Store {
     snapshots_sent: HashMap<(u64, u64), Instant>,
     last_purge: Instant,
     last_reconcile: Instant,
+    /// Replicas moved away whose removal is being confirmed by the other replicas.
+    checking_removal: HashSet<u64>,
 }
 
 /// How often a leader compares its groups' voters with the catalog's placement.
@@ -239,6 +249,7 @@ impl Store {
             dial_via: config.dial_via.clone(),
             metadata_voters: RwLock::new(Vec::new()),
             metadata_applied: AtomicU64::new(0),
+            metadata_truncated: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             follower_lag: RwLock::new(BTreeMap::new()),
             topic_defaults: TopicDefaults {
@@ -261,6 +272,7 @@ impl Store {
             snapshots_sent: HashMap::new(),
             last_purge: Instant::now(),
             last_reconcile: Instant::now(),
+            checking_removal: HashSet::new(),
         };
         let (mut storage, existed) = GroupStorage::open(store.engine.clone(), METADATA_GROUP.0, &voters)?;
         storage.serve_catalog(shared.clone());
@@ -277,10 +289,11 @@ impl Store {
         };
         let metadata_applied = storage.truncated_index();
         shared.metadata_applied.store(metadata_applied, Ordering::Release);
+        shared.metadata_truncated.store(metadata_applied, Ordering::Release);
         let mut raw =
             RawNode::new(&store.raft_config(0), storage, &store.logger).map_err(|e| Error::Engine(e.to_string()))?;
         *shared.metadata_voters.write().unwrap_or_else(|p| p.into_inner()) =
-            raw.raft.prs().conf().to_conf_state().voters;
+            members(&raw.raft.prs().conf().to_conf_state());
         if !existed && voters.len() == 1 {
             // A brand-new single-node cluster need not wait an election timeout.
             let _ = raw.campaign();
@@ -384,6 +397,8 @@ impl Store {
                 if self.last_reconcile.elapsed() >= RECONCILE_INTERVAL {
                     self.last_reconcile = Instant::now();
                     self.reconcile();
+                    self.collect_replicas();
+                    self.compact_metadata();
                 }
                 if self.last_purge.elapsed() >= PURGE_INTERVAL {
                     self.last_purge = Instant::now();
@@ -488,6 +503,23 @@ impl Store {
                 self.installing.remove(&group);
             }
             StoreMsg::Repaired { group: id } => self.finish_repair(id),
+            StoreMsg::RemovalChecked { group, removed } => {
+                self.checking_removal.remove(&group);
+                let me = NodeId(self.config.node_id);
+                let placed_here = self
+                    .shared
+                    .catalog
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .topics
+                    .values()
+                    .flat_map(|t| &t.partitions)
+                    .any(|p| p.group.0 == group && p.replicas.contains(&me));
+                if removed && !placed_here {
+                    info!(group, "dropping a replica the group no longer counts");
+                    self.drop_replica(group);
+                }
+            }
             StoreMsg::Propose { group, data, reply } => {
                 let Some(target) = self.groups.get_mut(&group.0) else {
                     let _ = reply.send(Err(Error::NotLeader { leader: None }));
@@ -701,6 +733,7 @@ impl Store {
                                     Applied::Topic(topic.clone())
                                 }
                                 Change::ProducerIdsAllocated { first } => Applied::ProducerIds(*first),
+                                Change::Rebalanced { moved } => Applied::Moved(moved.len()),
                                 _ => Applied::Done,
                             };
                             changes.push(change);
@@ -760,8 +793,9 @@ impl Store {
         }
         *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = catalog;
         *shared.metadata_voters.write().unwrap_or_else(|p| p.into_inner()) =
-            snapshot.get_metadata().get_conf_state().voters.clone();
+            members(snapshot.get_metadata().get_conf_state());
         shared.metadata_applied.store(index, Ordering::Release);
+        shared.metadata_truncated.store(index, Ordering::Release);
         group.applied = index;
         info!(index, "installed a metadata snapshot");
         Some(Change::Restored)
@@ -839,7 +873,7 @@ impl Store {
             match &group.kind {
                 Kind::Partition(replica) => replica.handle.set_voters(&conf_state),
                 Kind::Metadata => {
-                    *shared.metadata_voters.write().unwrap_or_else(|p| p.into_inner()) = conf_state.voters.clone()
+                    *shared.metadata_voters.write().unwrap_or_else(|p| p.into_inner()) = members(&conf_state)
                 }
             }
             if let Err(error) = group.raw.mut_store().stage_conf_state(batch, conf_state) {
@@ -883,18 +917,11 @@ impl Store {
             }
             Change::NodeRemoved { id, moved } => {
                 info!(node = id.0, replicas_moved = moved.len(), "node removed from the cluster");
-                for (topic_name, info) in moved {
-                    if !info.replicas.contains(&me) || self.groups.contains_key(&info.group.0) {
-                        continue;
-                    }
-                    let topic =
-                        self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).topics.get(&topic_name).cloned();
-                    if let Some(topic) = topic {
-                        if let Err(error) = self.create_replica(&topic, info.partition, false) {
-                            error!(topic = %topic_name, partition = info.partition, %error, "cannot create a moved-in replica");
-                        }
-                    }
-                }
+                self.create_moved_in(moved);
+            }
+            Change::Rebalanced { moved } => {
+                info!(partitions = moved.len(), "replicas rebalanced");
+                self.create_moved_in(moved);
             }
             Change::TopicConfigChanged(topic) => {
                 for info in &topic.partitions {
@@ -916,23 +943,118 @@ impl Store {
             }
             Change::TopicDeleted(topic) => {
                 for info in &topic.partitions {
-                    let Some(mut group) = self.groups.remove(&info.group.0) else { continue };
-                    group.fail_pending(None);
-                    let mut batch = LogBatch::default();
-                    group.raw.store().clean(&mut batch);
-                    if let Err(error) = self.engine.write(&mut batch, true) {
-                        error!(%error, "cannot clean a deleted group from the Raft log store");
-                    }
-                    self.shared
-                        .partitions
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&(topic.name.clone(), info.partition));
-                    if let Kind::Partition(replica) = group.kind {
-                        let dir = replica.dir.clone();
-                        drop(replica);
-                        remove_dir(&dir);
-                    }
+                    self.drop_replica(info.group.0);
+                }
+            }
+        }
+    }
+
+    /// Removes a local replica and everything of it: Raft state, partition log, directory.
+    fn drop_replica(&mut self, id: u64) {
+        let Some(mut group) = self.groups.remove(&id) else { return };
+        group.fail_pending(None);
+        self.installing.remove(&id);
+        self.checking_removal.remove(&id);
+        let mut batch = LogBatch::default();
+        let cleaned = group.raw.store().clean(&mut batch);
+        if let Err(error) = cleaned.and_then(|()| self.engine.write(&mut batch, true).map(|_| ()).map_err(engine_error))
+        {
+            error!(group = id, %error, "cannot clean a dropped group from the Raft log store");
+        }
+        self.shared.partitions.write().unwrap_or_else(|p| p.into_inner()).retain(|_, handle| handle.group.0 != id);
+        if let Kind::Partition(replica) = group.kind {
+            let dir = replica.dir.clone();
+            drop(replica);
+            remove_dir(&dir);
+        }
+    }
+
+    /// Drops the replicas this node keeps but no longer needs: their partition is placed on
+    /// other nodes now and the group's configuration, as committed, no longer names this node
+    /// (Kafka deletes a reassigned-away replica once the move completes; TiKV garbage-collects
+    /// such peers). A replica that applied its own removal goes at once; otherwise the other
+    /// replicas are asked what they applied (an append never reaches a removed voter).
+    fn collect_replicas(&mut self) {
+        let me = self.config.node_id;
+        let catalog = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if catalog.nodes.is_empty() {
+            return;
+        }
+        let placements: HashMap<u64, Vec<u64>> = catalog
+            .topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .map(|p| (p.group.0, p.replicas.iter().map(|n| n.0).collect()))
+            .collect();
+        let mut removed_here = Vec::new();
+        for (id, group) in &self.groups {
+            if !matches!(group.kind, Kind::Partition(_)) || self.checking_removal.contains(id) {
+                continue;
+            }
+            let placement = placements.get(id).cloned().unwrap_or_default();
+            if placement.contains(&me) {
+                continue;
+            }
+            let conf = group.raw.raft.prs().conf().to_conf_state();
+            // A replica moved here and away again before it was brought in knows no voters.
+            if !members(&conf).contains(&me) || placement.is_empty() {
+                removed_here.push(*id);
+            } else if let Some(runtime) = &self.runtime {
+                self.checking_removal.insert(*id);
+                runtime.spawn(check_removal(self.shared.clone(), *id, placement));
+            }
+        }
+        for id in removed_here {
+            info!(group = id, "dropping a replica this node no longer holds");
+            self.drop_replica(id);
+        }
+    }
+
+    /// Cuts the metadata group's Raft log at its applied index once it has grown by
+    /// `metadata_log_compact_entries`, keeping the catalog as of that index as the image the
+    /// node restarts from. Everything applied is durable by now: the loop's last synced write
+    /// carried it.
+    fn compact_metadata(&mut self) {
+        let Some(group) = self.groups.get_mut(&METADATA_GROUP.0) else { return };
+        let applied = group.applied;
+        let storage = group.raw.mut_store();
+        if group.failed || applied < storage.truncated_index() + self.config.metadata_log_compact_entries {
+            return;
+        }
+        let image = {
+            let catalog = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner());
+            match serde_json::to_vec(&*catalog) {
+                Ok(image) => image,
+                Err(error) => {
+                    error!(%error, "cannot encode the catalog; the metadata log is not compacted");
+                    return;
+                }
+            }
+        };
+        let mut batch = LogBatch::default();
+        let staged =
+            storage.stage_metadata_image(&mut batch, &image).and_then(|()| storage.compact(&mut batch, applied + 1));
+        match staged.and_then(|()| self.engine.write(&mut batch, true).map(|_| ()).map_err(engine_error)) {
+            Ok(()) => {
+                self.shared.metadata_truncated.store(applied, Ordering::Release);
+                info!(index = applied, image_bytes = image.len(), "compacted the metadata log")
+            }
+            Err(error) => error!(%error, "compacting the metadata log failed"),
+        }
+    }
+
+    /// Creates the replicas placed on this node by a move; the groups' leaders bring them in.
+    /// Replicas moved away stay until their groups no longer count this node (see `collect_replicas`).
+    fn create_moved_in(&mut self, moved: Vec<(String, PartitionInfo)>) {
+        let me = NodeId(self.config.node_id);
+        for (topic_name, info) in moved {
+            if !info.replicas.contains(&me) || self.groups.contains_key(&info.group.0) {
+                continue;
+            }
+            let topic = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).topics.get(&topic_name).cloned();
+            if let Some(topic) = topic {
+                if let Err(error) = self.create_replica(&topic, info.partition, false) {
+                    error!(topic = %topic_name, partition = info.partition, %error, "cannot create a moved-in replica");
                 }
             }
         }
@@ -951,7 +1073,7 @@ impl Store {
         replica.handle.set_voters(&raft::Storage::initial_state(&storage).map(|s| s.conf_state).unwrap_or_default());
         let mut raw = RawNode::new(&self.raft_config(applied), storage, &self.logger)
             .map_err(|e| Error::Engine(e.to_string()))?;
-        if founding && !existed && info.replicas[0].0 == self.config.node_id {
+        if founding && !existed && info.replicas[0].0 == self.config.node_id && raw.raft.promotable() {
             // The preferred leader campaigns at once, which spreads leaders as placement does.
             let _ = raw.campaign();
         }
@@ -1205,6 +1327,40 @@ async fn repair_replica(shared: Arc<Shared>, group: u64, from: u64, to: u64) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Asks the replicas of `group`'s placement, in turn, for the configuration they applied; the
+/// first whose (committed, non-empty) configuration leaves this node out settles it. A
+/// committed configuration never comes back, so one such answer is enough.
+async fn check_removal(shared: Arc<Shared>, group: u64, placement: Vec<u64>) {
+    let me = shared.node_id.0;
+    let mut removed = false;
+    for node in placement.into_iter().filter(|node| *node != me) {
+        let Some(address) = shared.dial_address(NodeId(node)) else { continue };
+        match group_voters(&address, group).await {
+            Ok(voters) if !voters.is_empty() && !voters.contains(&me) => {
+                removed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(group, node, %error, "cannot ask a replica for its voters"),
+        }
+    }
+    let _ = deliver(&shared.inbox, StoreMsg::RemovalChecked { group, removed }).await;
+}
+
+async fn group_voters(address: &str, group: u64) -> std::result::Result<Vec<u64>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2));
+    let mut client = proto::v1::raft_client::RaftClient::connect(endpoint).await.map_err(|e| e.to_string())?;
+    let response = client
+        .group_voters(proto::v1::GroupVotersRequest { group_id: group })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    Ok(response.voters)
 }
 
 /// Appends a source replica's batches `[from, to)` to the local replica of `group`.

@@ -11,7 +11,9 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use proto::v1::raft_client::RaftClient;
 use proto::v1::raft_server::Raft;
-use proto::v1::{RaftAck, RaftBatch, RaftEnvelope, ReadReplicaRequest, ReadReplicaResponse};
+use proto::v1::{
+    GroupVotersRequest, GroupVotersResponse, RaftAck, RaftBatch, RaftEnvelope, ReadReplicaRequest, ReadReplicaResponse,
+};
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -219,5 +221,18 @@ impl Raft for RaftService {
         }
         response.batches = bytes.slice(..keep);
         Ok(Response::new(response))
+    }
+
+    async fn group_voters(
+        &self,
+        request: Request<GroupVotersRequest>,
+    ) -> Result<Response<GroupVotersResponse>, Status> {
+        let group = request.into_inner().group_id;
+        let voters = self
+            .shared
+            .partition_by_group(group)
+            .map(|handle| handle.voters.read().unwrap_or_else(|p| p.into_inner()).iter().map(|n| n.0).collect())
+            .unwrap_or_default();
+        Ok(Response::new(GroupVotersResponse { voters }))
     }
 }

@@ -369,6 +369,18 @@ impl Broker for BrokerService {
         }
     }
 
+    async fn rebalance(&self, request: Request<RebalanceRequest>) -> Result<Response<RebalanceResponse>, Status> {
+        let was_forwarded = forwarded(&request);
+        let message = request.into_inner();
+        match self.cluster.rebalance().await {
+            Ok(moved) => Ok(Response::new(RebalanceResponse { partitions_moved: moved as u32 })),
+            Err(error) => {
+                self.or_forward(error, was_forwarded, |mut peer| async move { peer.rebalance(marked(message)).await })
+                    .await
+            }
+        }
+    }
+
     async fn set_endpoints(
         &self,
         request: Request<SetEndpointsRequest>,
@@ -433,5 +445,6 @@ pub fn cluster_status(cluster: &Cluster) -> ClusterStatusResponse {
             })
             .collect(),
         metadata_voters: cluster.metadata_voters().into_iter().map(|n| n.0).collect(),
+        metadata_truncated_index: cluster.metadata_truncated_index(),
     }
 }

@@ -334,6 +334,31 @@ pub async fn add_node(connection: &Connection, id: u64, address: &str) -> anyhow
     Ok(())
 }
 
+/// Rebalances replicas and preferred leaders, then waits until every move has finished.
+pub async fn rebalance(connection: &Connection, timeout_s: u64) -> anyhow::Result<()> {
+    let client = Client::new(connection.bootstrap.clone());
+    let moved = client.rebalance().await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+    loop {
+        let pending = client.moves_pending().await;
+        if matches!(pending, Ok(0)) {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            match pending {
+                Ok(pending) => bail!("{moved} partitions were reassigned; {pending} have not finished moving"),
+                Err(error) => bail!("{moved} partitions were reassigned; cannot tell whether they moved: {error}"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    match connection.output {
+        Output::Json => println!("{}", json!({"partitions_moved": moved})),
+        Output::Table => println!("rebalanced: {moved} partitions got new replicas or preferred leaders"),
+    }
+    Ok(())
+}
+
 /// Removes a node, then waits until no replica of any partition, on any node, still counts it
 /// among the group's voters.
 pub async fn remove_node(connection: &Connection, id: u64, timeout_s: u64) -> anyhow::Result<()> {

@@ -35,6 +35,8 @@ pub struct RaftSettings {
     pub flush_bytes: u64,
     /// Raft entries kept behind the flushed point for lagging followers; beyond, snapshots.
     pub log_retained_entries: u64,
+    /// The metadata group's Raft log is cut (the catalog kept as an image) every this many entries.
+    pub metadata_log_compact_entries: u64,
     /// A leader that is not its partition's preferred replica hands leadership back after this
     /// long (once the preferred replica is caught up); 0 turns it off.
     pub leader_balance_after_ms: u64,
@@ -50,6 +52,7 @@ impl Default for RaftSettings {
             flush_interval_ms: defaults.flush_interval_ms,
             flush_bytes: defaults.flush_bytes,
             log_retained_entries: defaults.log_retained_entries,
+            metadata_log_compact_entries: defaults.metadata_log_compact_entries,
             leader_balance_after_ms: defaults.leader_balance_after_ms,
         }
     }
@@ -280,6 +283,9 @@ impl NodeConfig {
         {
             bail!("raft timing: tick_ms and heartbeat_ticks must be > 0 and election_ticks > heartbeat_ticks");
         }
+        if self.raft.metadata_log_compact_entries == 0 {
+            bail!("raft.metadata_log_compact_entries must be > 0");
+        }
         Ok(replication::ReplicationConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
@@ -292,6 +298,7 @@ impl NodeConfig {
             flush_interval_ms: self.raft.flush_interval_ms,
             flush_bytes: self.raft.flush_bytes,
             log_retained_entries: self.raft.log_retained_entries,
+            metadata_log_compact_entries: self.raft.metadata_log_compact_entries,
             leader_balance_after_ms: self.raft.leader_balance_after_ms,
             batch_bytes_max: self.batch_bytes_max,
             ..replication::ReplicationConfig::default()

@@ -91,6 +91,13 @@ enum ClusterCommand {
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
     },
+    /// Even out replicas and preferred leaders over the nodes (after adding nodes); waits until
+    /// the replicas have moved.
+    Rebalance {
+        /// Give up waiting for the replicas to move after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+    },
 }
 
 /// Flags of `serve`; each overrides the config file, which overrides the embedded defaults.
@@ -211,6 +218,9 @@ fn run() -> anyhow::Result<()> {
             }
             Command::Cluster { command: ClusterCommand::RemoveNode { id, timeout_s }, connection } => {
                 cli::remove_node(&connection, id, timeout_s).await
+            }
+            Command::Cluster { command: ClusterCommand::Rebalance { timeout_s }, connection } => {
+                cli::rebalance(&connection, timeout_s).await
             }
         }
     })

@@ -10,4 +10,5 @@ mod kafka_versions;
 mod kafka_wire;
 mod membership;
 mod quorum;
+mod rebalance;
 mod repair;
