@@ -190,7 +190,7 @@ pub async fn run(
             side
         };
         let began = Instant::now();
-        let what = match kind {
+        let mut what = match kind {
             Nemesis::Kill => {
                 cluster.kill(node)?;
                 "kill".to_string()
@@ -244,7 +244,7 @@ pub async fn run(
             Nemesis::Pause => cluster.signal(node, libc::SIGCONT),
             Nemesis::Partition | Nemesis::Delay | Nemesis::Loss => links.heal()?,
             Nemesis::Clock => set_clock(&data, node, 0)?,
-            Nemesis::Membership if membership_removed => add_again(cluster, node).await?,
+            Nemesis::Membership if membership_removed => what.push_str(&add_again(cluster, node).await?),
             Nemesis::Membership => {}
         }
         faults.push(Fault { kind: what, node, start_ms: ms(began), end_ms: ms(Instant::now()) });
@@ -347,14 +347,20 @@ async fn remove(cluster: &mut LocalCluster, node: u64) -> Result<(String, bool)>
     Ok((format!("membership: node {node} removed, stopped and wiped, then added again"), true))
 }
 
-/// Adds `node` back (restarting it first if it was wiped).
-async fn add_again(cluster: &mut LocalCluster, node: u64) -> Result<()> {
+/// Adds `node` back (restarting it first if it was wiped), then rebalances replicas onto it:
+/// the others drop the replicas they give it. Says how the rebalance went.
+async fn add_again(cluster: &mut LocalCluster, node: u64) -> Result<String> {
     if !cluster.is_running(node) {
         cluster.spawn(node)?;
     }
     let client = cluster.client(None).with_retry_deadline(Duration::from_secs(120));
     let address = cluster.node(node).grpc.clone();
-    client.add_node(node, &address).await.with_context(|| format!("adding node {node} again"))
+    client.add_node(node, &address).await.with_context(|| format!("adding node {node} again"))?;
+    // The moves run on in the background, under whatever faults come next.
+    Ok(match client.rebalance().await {
+        Ok(moved) => format!("; rebalanced, {moved} partitions moved"),
+        Err(error) => format!("; rebalance refused ({error})"),
+    })
 }
 
 /// Damages one partition log of a killed node: flips one byte of its last 4 KiB, or cuts up
