@@ -213,9 +213,13 @@ pub(crate) struct Store {
     snapshots_sent: HashMap<(u64, u64), Instant>,
     last_purge: Instant,
     last_reconcile: Instant,
-    /// Replicas moved away whose removal is being confirmed by the other replicas.
-    checking_removal: HashSet<u64>,
+    /// Replicas moved away whose removal is being confirmed by the other replicas, with when
+    /// the last check began; a check in flight has no answer yet.
+    removal_checks: HashMap<u64, (Instant, bool)>,
 }
+
+/// How often a replica moved away asks the others whether its removal is committed.
+const REMOVAL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often a leader compares its groups' voters with the catalog's placement.
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(300);
@@ -272,7 +276,7 @@ impl Store {
             snapshots_sent: HashMap::new(),
             last_purge: Instant::now(),
             last_reconcile: Instant::now(),
-            checking_removal: HashSet::new(),
+            removal_checks: HashMap::new(),
         };
         let (mut storage, existed) = GroupStorage::open(store.engine.clone(), METADATA_GROUP.0, &voters)?;
         storage.serve_catalog(shared.clone());
@@ -504,7 +508,9 @@ impl Store {
             }
             StoreMsg::Repaired { group: id } => self.finish_repair(id),
             StoreMsg::RemovalChecked { group, removed } => {
-                self.checking_removal.remove(&group);
+                if let Some((_, in_flight)) = self.removal_checks.get_mut(&group) {
+                    *in_flight = false;
+                }
                 let me = NodeId(self.config.node_id);
                 let placed_here = self
                     .shared
@@ -954,7 +960,7 @@ impl Store {
         let Some(mut group) = self.groups.remove(&id) else { return };
         group.fail_pending(None);
         self.installing.remove(&id);
-        self.checking_removal.remove(&id);
+        self.removal_checks.remove(&id);
         let mut batch = LogBatch::default();
         let cleaned = group.raw.store().clean(&mut batch);
         if let Err(error) = cleaned.and_then(|()| self.engine.write(&mut batch, true).map(|_| ()).map_err(engine_error))
@@ -988,19 +994,24 @@ impl Store {
             .collect();
         let mut removed_here = Vec::new();
         for (id, group) in &self.groups {
-            if !matches!(group.kind, Kind::Partition(_)) || self.checking_removal.contains(id) {
+            if !matches!(group.kind, Kind::Partition(_)) {
                 continue;
             }
             let placement = placements.get(id).cloned().unwrap_or_default();
             if placement.contains(&me) {
                 continue;
             }
+            if let Some((began, in_flight)) = self.removal_checks.get(id) {
+                if *in_flight || began.elapsed() < REMOVAL_CHECK_INTERVAL {
+                    continue;
+                }
+            }
             let conf = group.raw.raft.prs().conf().to_conf_state();
             // A replica moved here and away again before it was brought in knows no voters.
             if !members(&conf).contains(&me) || placement.is_empty() {
                 removed_here.push(*id);
             } else if let Some(runtime) = &self.runtime {
-                self.checking_removal.insert(*id);
+                self.removal_checks.insert(*id, (Instant::now(), true));
                 runtime.spawn(check_removal(self.shared.clone(), *id, placement));
             }
         }
