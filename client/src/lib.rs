@@ -35,6 +35,13 @@ use tonic::Status;
 const RETRY_DEADLINE: Duration = Duration::from_secs(20);
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(20);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// Longest one attempt of a call may take: longer than the longest long poll a node allows
+/// (30 s). A node that stops answering (paused, cut off, its connection half-open) costs one
+/// attempt, not the caller's whole life.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
+/// HTTP/2 pings on idle connections notice a peer that vanished without closing them.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response the client accepts.
 const RESPONSE_BYTES_MAX: usize = 64 << 20;
 
@@ -77,6 +84,7 @@ pub struct Client {
     bootstrap: Vec<String>,
     channels: Mutex<HashMap<String, Channel>>,
     retry_deadline: Duration,
+    request_timeout: Duration,
     /// With idempotence: the producer id and each partition's next sequence; the partition's
     /// lock also keeps one produce in flight per partition, so sequences arrive in order.
     idempotence: Option<tokio::sync::Mutex<Option<Producer>>>,
@@ -95,7 +103,13 @@ struct Producer {
 impl Client {
     /// A client that reaches the cluster through any of `bootstrap` (`host:port` each).
     pub fn new(bootstrap: Vec<String>) -> Client {
-        Client { bootstrap, channels: Mutex::new(HashMap::new()), retry_deadline: RETRY_DEADLINE, idempotence: None }
+        Client {
+            bootstrap,
+            channels: Mutex::new(HashMap::new()),
+            retry_deadline: RETRY_DEADLINE,
+            request_timeout: REQUEST_TIMEOUT,
+            idempotence: None,
+        }
     }
 
     /// Makes produce retries exactly-once: batches carry a producer id (allocated by the
@@ -104,6 +118,13 @@ impl Client {
     /// failed produce the client starts over with a new producer id.
     pub fn idempotent(mut self) -> Client {
         self.idempotence = Some(tokio::sync::Mutex::new(None));
+        self
+    }
+
+    /// Sets how long one attempt of a call may take before it counts as a transient failure
+    /// (default 45 s; a fetch's long poll must fit in it).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Client {
+        self.request_timeout = timeout;
         self
     }
 
@@ -437,6 +458,9 @@ impl Client {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(1))
+            .timeout(self.request_timeout)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_string(), channel.clone());

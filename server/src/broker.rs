@@ -22,6 +22,8 @@ use crate::metrics::Metrics;
 
 /// Marks a request forwarded by another node.
 const FORWARDED: &str = "x-robustmq-forwarded";
+/// Longest a forwarded request may take: longer than the longest long poll (30 s).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(40);
 /// Largest message the API accepts or sends.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
 
@@ -49,6 +51,11 @@ impl BrokerService {
                 let channel = Endpoint::from_shared(format!("http://{address}"))
                     .map_err(|e| Status::internal(e.to_string()))?
                     .connect_timeout(Duration::from_secs(1))
+                    // A forward never waits for ever on a peer that stopped answering (its
+                    // connection half-open after a kill behind a network cut, say).
+                    .timeout(FORWARD_TIMEOUT)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(10))
                     .tcp_nodelay(true)
                     .connect_lazy();
                 channels.insert(node, channel.clone());

@@ -165,14 +165,24 @@ def txn_producer(bootstrap, topic, partitions, process, first, txn_id, seconds):
     partitions, process, value, seconds = int(partitions), int(process), int(first), float(seconds)
     rng = random.Random(value)
 
+    deadline = time.time() + seconds
+
     def fresh():
-        client = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id,
-                           "transaction.timeout.ms": 10000, "topic.metadata.refresh.interval.ms": 1000})
-        client.init_transactions(30)
-        return client
+        # A retriable failure (the coordinator moving or still finishing the previous
+        # producer's transaction) is retried, as applications do, for as long as the run lasts.
+        while True:
+            client = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id,
+                               "transaction.timeout.ms": 10000, "topic.metadata.refresh.interval.ms": 1000})
+            try:
+                client.init_transactions(30)
+                return client
+            except KafkaException as exc:
+                print(f"init_transactions failed, retrying: {exc}", file=sys.stderr, flush=True)
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
 
     client = fresh()
-    deadline = time.time() + seconds
     while time.time() < deadline:
         values = [(value + i, rng.randrange(partitions)) for i in range(rng.randint(1, 5))]
         value += len(values)

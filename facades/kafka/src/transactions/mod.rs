@@ -39,6 +39,11 @@ pub(crate) const TIMEOUT_MAX_MS: i32 = 900_000;
 const TICK: Duration = Duration::from_millis(200);
 /// How long writing one marker is retried before the completion is left to the timer.
 const MARKER_RETRY: Duration = Duration::from_secs(30);
+/// Longest one attempt at writing a marker may take. An attempt that never ended (a forward
+/// to a node that stopped answering) once left a transaction prepared for good: its
+/// partitions' last stable offset stuck, read_committed consumers stalled, and the producer
+/// got CONCURRENT_TRANSACTIONS for ever.
+const MARKER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where a transaction stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,7 +185,9 @@ pub(crate) async fn complete(broker: &Broker, id: &str) -> Result<Status, Respon
         let marker = BatchBuilder::marker(meta.producer_id, meta.epoch, commit, term, now_ms());
         let deadline = tokio::time::Instant::now() + MARKER_RETRY;
         loop {
-            match write_marker(broker, topic, *partition, marker.clone()).await {
+            let attempt =
+                tokio::time::timeout(MARKER_ATTEMPT_TIMEOUT, write_marker(broker, topic, *partition, marker.clone()));
+            match attempt.await.unwrap_or_else(|_| Err(format!("no answer within {MARKER_ATTEMPT_TIMEOUT:?}"))) {
                 Ok(()) => break,
                 Err(error) if tokio::time::Instant::now() < deadline => {
                     warn!(transactional_id = id, %topic, partition, %error, "retrying a transaction marker");
