@@ -331,17 +331,23 @@ impl Client {
 
     /// Raft groups that still count node `id` as a voter, as any remaining node sees them: each
     /// partition whose placement or local replica's voters name it, plus the metadata group if
-    /// any remaining node (or one that cannot be asked) still lists it. Once this is 0 the
-    /// node's data can be wiped and its id reused.
-    pub async fn removal_pending(&self, id: u64) -> Result<usize, Error> {
+    /// any remaining node (or one that cannot be asked) still lists it; one line each, saying
+    /// which node sees what. Once this is empty the node's data can be wiped and its id reused.
+    pub async fn removal_pending(&self, id: u64) -> Result<Vec<String>, Error> {
         let status = self.cluster_status().await?;
-        let mut pending: std::collections::HashSet<(String, u32)> = std::collections::HashSet::new();
-        let mut metadata_pending = false;
+        let mut pending: std::collections::BTreeMap<(String, u32), String> = std::collections::BTreeMap::new();
+        let mut metadata: Option<String> = None;
         for node in status.nodes.iter().filter(|n| !n.removed) {
             let direct = Client::new(vec![node.address.clone()]).with_retry_deadline(std::time::Duration::from_secs(2));
             match direct.cluster_status().await {
                 Ok(there) if !there.metadata_voters.contains(&id) => {}
-                _ => metadata_pending = true,
+                Ok(there) => {
+                    let seen = format!("metadata group: node {} has voters {:?}", node.id, there.metadata_voters);
+                    metadata.get_or_insert(seen);
+                }
+                Err(error) => {
+                    metadata.get_or_insert(format!("metadata group: node {} cannot be asked ({error})", node.id));
+                }
             }
             let Ok(topics) = direct.list_topics().await else { continue };
             for topic in topics {
@@ -350,12 +356,17 @@ impl Client {
                     if !partition.voters.is_empty()
                         && (partition.voters.contains(&id) || partition.replicas.contains(&id))
                     {
-                        pending.insert((topic.name.clone(), partition.partition));
+                        pending.entry((topic.name.clone(), partition.partition)).or_insert_with(|| {
+                            format!(
+                                "{}/{}: node {} has voters {:?}, placement {:?}",
+                                topic.name, partition.partition, node.id, partition.voters, partition.replicas
+                            )
+                        });
                     }
                 }
             }
         }
-        Ok(pending.len() + usize::from(metadata_pending))
+        Ok(metadata.into_iter().chain(pending.into_values()).collect())
     }
 
     /// Removes a node: its replicas move to other nodes.

@@ -332,9 +332,15 @@ async fn remove(cluster: &mut LocalCluster, node: u64) -> Result<(String, bool)>
     let deadline = Instant::now() + REMOVAL_MAX;
     loop {
         match client.removal_pending(node).await {
-            Ok(0) => break,
-            _ if Instant::now() >= deadline => {
-                let what = format!("membership: node {node} removed; its replicas had not moved after 60 s");
+            Ok(pending) if pending.is_empty() => break,
+            pending if Instant::now() >= deadline => {
+                let left = match pending {
+                    Ok(pending) => {
+                        format!("{} groups left, e.g. {}", pending.len(), pending[..pending.len().min(2)].join("; "))
+                    }
+                    Err(error) => format!("cannot tell ({error})"),
+                };
+                let what = format!("membership: node {node} removed; its replicas had not moved after 60 s ({left})");
                 return Ok((what, true));
             }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,

@@ -367,11 +367,15 @@ pub async fn remove_node(connection: &Connection, id: u64, timeout_s: u64) -> an
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
     loop {
         let pending = client.removal_pending(id).await?;
-        if pending == 0 {
+        if pending.is_empty() {
             break;
         }
         if std::time::Instant::now() >= deadline {
-            bail!("node {id} is removed from the catalog but {pending} partitions still count it as a voter");
+            bail!(
+                "node {id} is removed from the catalog but {} groups still count it as a voter: {}",
+                pending.len(),
+                pending.join("; ")
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
