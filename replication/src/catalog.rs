@@ -472,6 +472,16 @@ impl Catalog {
         })
     }
 
+    /// The partition whose Raft group is `group`, if any topic has it.
+    pub(crate) fn partition_by_group(&self, group: u64) -> Option<&PartitionInfo> {
+        self.topics.values().flat_map(|t| &t.partitions).find(|p| p.group.0 == group)
+    }
+
+    /// The nodes a partition group is placed on; empty if no topic has it (any more).
+    pub(crate) fn placement(&self, group: u64) -> Vec<u64> {
+        self.partition_by_group(group).map(|p| p.replicas.iter().map(|n| n.0).collect()).unwrap_or_default()
+    }
+
     /// The partition of a topic.
     pub fn partition(&self, topic: &str, partition: u32) -> Result<&PartitionInfo> {
         let info = self.topics.get(topic).ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;

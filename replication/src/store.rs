@@ -511,17 +511,8 @@ impl Store {
                 if let Some((_, in_flight)) = self.removal_checks.get_mut(&group) {
                     *in_flight = false;
                 }
-                let me = NodeId(self.config.node_id);
-                let placed_here = self
-                    .shared
-                    .catalog
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .topics
-                    .values()
-                    .flat_map(|t| &t.partitions)
-                    .any(|p| p.group.0 == group && p.replicas.contains(&me));
-                if removed && !placed_here {
+                let placement = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).placement(group);
+                if removed && !placement.contains(&self.config.node_id) {
                     info!(group, "dropping a replica the group no longer counts");
                     self.drop_replica(group);
                 }
@@ -986,6 +977,7 @@ impl Store {
         if catalog.nodes.is_empty() {
             return;
         }
+        // One pass over the catalog, not one per group: this runs every 300 ms on the loop.
         let placements: HashMap<u64, Vec<u64>> = catalog
             .topics
             .values()
@@ -1163,13 +1155,7 @@ impl Store {
             }
             let desired: std::collections::BTreeSet<u64> = match &group.kind {
                 Kind::Metadata => catalog.active_nodes().into_iter().map(|n| n.0).collect(),
-                Kind::Partition(_) => catalog
-                    .topics
-                    .values()
-                    .flat_map(|t| &t.partitions)
-                    .find(|p| p.group.0 == *id)
-                    .map(|p| p.replicas.iter().map(|n| n.0).collect())
-                    .unwrap_or_default(),
+                Kind::Partition(_) => catalog.placement(*id).into_iter().collect(),
             };
             let conf = group.raw.raft.prs().conf().to_conf_state();
             if desired.is_empty() || !conf.voters_outgoing.is_empty() {
@@ -1214,13 +1200,7 @@ impl Store {
         if group.led_since.is_none_or(|since| since.elapsed() < Duration::from_millis(after_ms)) {
             return;
         }
-        let preferred = catalog
-            .topics
-            .values()
-            .flat_map(|t| &t.partitions)
-            .find(|p| p.group.0 == id)
-            .and_then(|p| p.replicas.first())
-            .map(|n| n.0);
+        let preferred = catalog.partition_by_group(id).and_then(|p| p.replicas.first()).map(|n| n.0);
         let Some(preferred) = preferred.filter(|p| *p != me) else { return };
         let last = group.raw.raft.raft_log.last_index();
         let caught_up = group.raw.raft.prs().get(preferred).is_some_and(|p| p.matched == last && p.recent_active);
@@ -1361,17 +1341,9 @@ async fn check_removal(shared: Arc<Shared>, group: u64, placement: Vec<u64>) {
 }
 
 async fn group_voters(address: &str, group: u64) -> std::result::Result<Vec<u64>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2));
-    let mut client = proto::v1::raft_client::RaftClient::connect(endpoint).await.map_err(|e| e.to_string())?;
-    let response = client
-        .group_voters(proto::v1::GroupVotersRequest { group_id: group })
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
-    Ok(response.voters)
+    let mut client = crate::transport::call_client(address).await?;
+    let request = proto::v1::GroupVotersRequest { group_id: group };
+    Ok(client.group_voters(request).await.map_err(|e| e.to_string())?.into_inner().voters)
 }
 
 /// Appends a source replica's batches `[from, to)` to the local replica of `group`.
@@ -1382,13 +1354,7 @@ async fn pull_range(
     from: u64,
     to: u64,
 ) -> std::result::Result<(), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{source}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2));
-    let mut client = proto::v1::raft_client::RaftClient::connect(endpoint)
-        .await
-        .map_err(|e| e.to_string())?
-        .max_decoding_message_size(2 * crate::transport::SNAPSHOT_CHUNK_BYTES_MAX);
+    let mut client = crate::transport::call_client(source).await?;
     let mut offset = from;
     while offset < to {
         let request = proto::v1::ReadReplicaRequest {

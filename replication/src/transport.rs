@@ -37,6 +37,27 @@ const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest one request/response call to another node (`ReadReplica`, `GroupVoters`) may take:
+/// a peer that stops answering without closing fails the call instead of hanging its caller.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client for one-off request/response calls to another node's `Raft` service (snapshot
+/// pulls, repairs, removal checks): bounded connect and call, keepalive, room for a chunk of
+/// snapshot data.
+pub(crate) async fn call_client(address: &str) -> Result<RaftClient<tonic::transport::Channel>, String> {
+    call_client_within(address, CALL_TIMEOUT).await
+}
+
+async fn call_client_within(address: &str, timeout: Duration) -> Result<RaftClient<tonic::transport::Channel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    let client = RaftClient::connect(endpoint).await.map_err(|e| e.to_string())?;
+    Ok(client.max_decoding_message_size(2 * SNAPSHOT_CHUNK_BYTES_MAX))
+}
 
 /// Where the store loop sends Raft messages: the gRPC transport, or a simulated network.
 pub(crate) trait Outbox: Send {
@@ -234,5 +255,31 @@ impl Raft for RaftService {
             .map(|handle| handle.voters.read().unwrap_or_else(|p| p.into_inner()).iter().map(|n| n.0).collect())
             .unwrap_or_default();
         Ok(Response::new(GroupVotersResponse { voters }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that accepts connections and never answers fails a snapshot pull or a removal
+    /// check instead of hanging it (a hung pull kept its group "installing" for good).
+    #[tokio::test]
+    async fn a_call_to_a_node_that_never_answers_fails() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept() {
+                held.push(socket);
+            }
+        });
+        let call = async {
+            let mut client = call_client_within(&address, Duration::from_millis(500)).await?;
+            let request = ReadReplicaRequest { group_id: 1000, offset: 0, until_offset: 10, max_bytes: 1024 };
+            client.read_replica(request).await.map(|_| ()).map_err(|e| e.to_string())
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(20), call).await;
+        assert!(outcome.expect("the call hung on a node that never answers").is_err());
     }
 }
