@@ -334,11 +334,9 @@ impl Client {
     /// any remaining node (or one that cannot be asked) still lists it; one line each, saying
     /// which node sees what. Once this is empty the node's data can be wiped and its id reused.
     pub async fn removal_pending(&self, id: u64) -> Result<Vec<String>, Error> {
-        let status = self.cluster_status().await?;
         let mut pending: std::collections::BTreeMap<(String, u32), String> = std::collections::BTreeMap::new();
         let mut metadata: Option<String> = None;
-        for node in status.nodes.iter().filter(|n| !n.removed) {
-            let direct = Client::new(vec![node.address.clone()]).with_retry_deadline(std::time::Duration::from_secs(2));
+        for (node, direct) in self.active_nodes().await? {
             match direct.cluster_status().await {
                 Ok(there) if !there.metadata_voters.contains(&id) => {}
                 Ok(there) => {
@@ -386,10 +384,8 @@ impl Client {
     /// node's replica counts voters other than the placement's replicas (a replica moved away
     /// counts until its node drops it). An active node that cannot be asked is an error.
     pub async fn moves_pending(&self) -> Result<usize, Error> {
-        let status = self.cluster_status().await?;
         let mut pending: std::collections::HashSet<(String, u32)> = std::collections::HashSet::new();
-        for node in status.nodes.iter().filter(|n| !n.removed) {
-            let direct = Client::new(vec![node.address.clone()]).with_retry_deadline(std::time::Duration::from_secs(2));
+        for (_, direct) in self.active_nodes().await? {
             let topics = direct.list_topics().await?;
             for topic in topics {
                 for partition in topic.partitions {
@@ -404,6 +400,21 @@ impl Client {
             }
         }
         Ok(pending.len())
+    }
+
+    /// The active nodes, each with a client that talks to it alone (its own view, not a
+    /// forwarded one) and gives up quickly.
+    async fn active_nodes(&self) -> Result<Vec<(proto::v1::NodeStatus, Client)>, Error> {
+        let status = self.cluster_status().await?;
+        Ok(status
+            .nodes
+            .into_iter()
+            .filter(|node| !node.removed)
+            .map(|node| {
+                let direct = Client::new(vec![node.address.clone()]).with_retry_deadline(Duration::from_secs(2));
+                (node, direct)
+            })
+            .collect())
     }
 
     /// The cluster as the answering node sees it.
@@ -466,13 +477,7 @@ impl Client {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(self.request_timeout)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .tcp_nodelay(true);
+        let endpoint = endpoint(address, self.request_timeout).map_err(|e| e.to_string())?;
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
@@ -491,4 +496,16 @@ fn is_transient(status: &Status) -> bool {
             | Code::Aborted
             | Code::Cancelled
     ) && !status.message().contains("too large")
+}
+
+/// How this crate reaches a node's native API, for callers holding their own channels (a node
+/// forwarding requests to another): each call bounded by `request_timeout`, HTTP/2 keepalives
+/// so a peer that vanished without closing is noticed, no Nagle delay.
+pub fn endpoint(address: &str, request_timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(request_timeout)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .tcp_nodelay(true))
 }

@@ -15,7 +15,7 @@ use proto::v1::broker_server::Broker;
 use proto::v1::*;
 use replication::{Cluster, Error, NodeId, TopicInfo};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
@@ -48,15 +48,10 @@ impl BrokerService {
                     .cluster
                     .dial_address(node)
                     .ok_or_else(|| Status::unavailable(format!("no address for node {node}")))?;
-                let channel = Endpoint::from_shared(format!("http://{address}"))
+                // A forward never waits for ever on a peer that stopped answering (its
+                // connection half-open after a kill behind a network cut, say).
+                let channel = client::endpoint(&address, FORWARD_TIMEOUT)
                     .map_err(|e| Status::internal(e.to_string()))?
-                    .connect_timeout(Duration::from_secs(1))
-                    // A forward never waits for ever on a peer that stopped answering (its
-                    // connection half-open after a kill behind a network cut, say).
-                    .timeout(FORWARD_TIMEOUT)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(10))
-                    .tcp_nodelay(true)
                     .connect_lazy();
                 channels.insert(node, channel.clone());
                 channel
