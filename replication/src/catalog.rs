@@ -88,6 +88,13 @@ pub struct PartitionInfo {
     pub replicas: Vec<NodeId>,
 }
 
+impl PartitionInfo {
+    /// The ids of the nodes it is placed on, in placement order.
+    pub(crate) fn node_ids(&self) -> Vec<u64> {
+        self.replicas.iter().map(|n| n.0).collect()
+    }
+}
+
 /// A topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicInfo {
@@ -479,7 +486,7 @@ impl Catalog {
 
     /// The nodes a partition group is placed on; empty if no topic has it (any more).
     pub(crate) fn placement(&self, group: u64) -> Vec<u64> {
-        self.partition_by_group(group).map(|p| p.replicas.iter().map(|n| n.0).collect()).unwrap_or_default()
+        self.partition_by_group(group).map(PartitionInfo::node_ids).unwrap_or_default()
     }
 
     /// The partition of a topic.

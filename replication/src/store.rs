@@ -973,17 +973,15 @@ impl Store {
     /// replicas are asked what they applied (an append never reaches a removed voter).
     fn collect_replicas(&mut self) {
         let me = self.config.node_id;
-        let catalog = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).clone();
-        if catalog.nodes.is_empty() {
-            return;
-        }
-        // One pass over the catalog, not one per group: this runs every 300 ms on the loop.
-        let placements: HashMap<u64, Vec<u64>> = catalog
-            .topics
-            .values()
-            .flat_map(|t| &t.partitions)
-            .map(|p| (p.group.0, p.replicas.iter().map(|n| n.0).collect()))
-            .collect();
+        // One pass over the catalog (not one per group, no copy of it): this runs every 300 ms
+        // on the loop.
+        let placements: HashMap<u64, Vec<u64>> = {
+            let catalog = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner());
+            if catalog.nodes.is_empty() {
+                return;
+            }
+            catalog.topics.values().flat_map(|t| &t.partitions).map(|p| (p.group.0, p.node_ids())).collect()
+        };
         let mut removed_here = Vec::new();
         for (id, group) in &self.groups {
             if !matches!(group.kind, Kind::Partition(_)) {
