@@ -71,12 +71,36 @@ impl TestCluster {
 
     /// Adds a node process that joins the running cluster (it still has to be added with
     /// `add_node` through the API); returns its id.
+    ///
+    /// Waits until it listens. Its ports were free when chosen, but another test's connection
+    /// may take one as its local port before the node binds it; the node then exits with
+    /// "cannot listen" and is started again on fresh ports. Any other exit fails the test
+    /// with the node's log.
     pub fn start_joining_node(&mut self) -> u64 {
         let id = self.nodes.len() as u64 + 1;
         let root = self.nodes[0].dir.parent().unwrap().to_path_buf();
         self.nodes.push(Node::new(id, &root, true));
-        self.restart(id);
-        id
+        for _ in 0..5 {
+            self.restart(id);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if std::net::TcpStream::connect(&self.node(id).grpc).is_ok() {
+                    return id;
+                }
+                let node = &mut self.nodes[(id - 1) as usize];
+                if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
+                    node.child = None;
+                    let log = self.node_log(id);
+                    assert!(log.contains("cannot listen"), "node {id} exited ({status}) while starting:\n{log}");
+                    let starts = self.nodes[(id - 1) as usize].starts;
+                    self.nodes[(id - 1) as usize] = Node { starts, ..Node::new(id, &root, true) };
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {id} never started listening");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("node {id} found no free ports in five attempts");
     }
 
     /// Starts (or starts again) a node with the same data directory and ports.
