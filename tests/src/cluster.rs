@@ -3,7 +3,6 @@
 //! its own ([`Placement`]), all killed when the cluster is dropped (and by `PR_SET_PDEATHSIG`
 //! if the parent itself dies). Faults: kill -9, pause (SIGSTOP) and resume, restart.
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -55,17 +54,13 @@ pub struct LocalCluster {
     env: Vec<(String, String)>,
 }
 
-fn free_port_on(ip: &str) -> Result<u16> {
-    Ok(TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}"))?.local_addr()?.port())
-}
-
 fn loopback_node(id: u64, dir: PathBuf, ip: &str) -> Result<Node> {
     Ok(Node {
         id,
         dir,
-        grpc: format!("{ip}:{}", free_port_on(ip)?),
-        admin: format!("{ip}:{}", free_port_on(ip)?),
-        kafka: format!("{ip}:{}", free_port_on(ip)?),
+        grpc: format!("{ip}:{}", crate::ports::free_port_on(ip)?),
+        admin: format!("{ip}:{}", crate::ports::free_port_on(ip)?),
+        kafka: format!("{ip}:{}", crate::ports::free_port_on(ip)?),
         child: None,
         starts: 0,
         netns: None,

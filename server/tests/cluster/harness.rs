@@ -1,6 +1,5 @@
 //! Real `robustmq` node processes on loopback: start, kill -9, stop, restart.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,8 +43,9 @@ impl Node {
     }
 }
 
+/// Outside the ephemeral range: no other test's outgoing connection can take it (see `tests::ports`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    tests::ports::free_port_on("127.0.0.1").unwrap()
 }
 
 impl TestCluster {
@@ -60,7 +60,10 @@ impl TestCluster {
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
         let mut cluster = TestCluster { nodes, peers, extra_config: extra_config.to_string(), _root: root };
         for id in 1..=size {
-            cluster.restart(id);
+            cluster.spawn(id);
+        }
+        for id in 1..=size {
+            cluster.wait_listening(id);
         }
         cluster
     }
@@ -70,41 +73,42 @@ impl TestCluster {
     }
 
     /// Adds a node process that joins the running cluster (it still has to be added with
-    /// `add_node` through the API); returns its id.
-    ///
-    /// Waits until it listens. Its ports were free when chosen, but another test's connection
-    /// may take one as its local port before the node binds it; the node then exits with
-    /// "cannot listen" and is started again on fresh ports. Any other exit fails the test
-    /// with the node's log.
+    /// `add_node` through the API); returns its id once it listens.
     pub fn start_joining_node(&mut self) -> u64 {
         let id = self.nodes.len() as u64 + 1;
         let root = self.nodes[0].dir.parent().unwrap().to_path_buf();
         self.nodes.push(Node::new(id, &root, true));
-        for _ in 0..5 {
-            self.restart(id);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if std::net::TcpStream::connect(&self.node(id).grpc).is_ok() {
-                    return id;
-                }
-                let node = &mut self.nodes[(id - 1) as usize];
-                if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
-                    node.child = None;
-                    let log = self.node_log(id);
-                    assert!(log.contains("cannot listen"), "node {id} exited ({status}) while starting:\n{log}");
-                    let starts = self.nodes[(id - 1) as usize].starts;
-                    self.nodes[(id - 1) as usize] = Node { starts, ..Node::new(id, &root, true) };
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {id} never started listening");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("node {id} found no free ports in five attempts");
+        self.restart(id);
+        id
     }
 
-    /// Starts (or starts again) a node with the same data directory and ports.
+    /// Waits until node `id` accepts connections on all its ports (it binds them all before it
+    /// starts anything else); a node that exits first fails the test with its log.
+    fn wait_listening(&mut self, id: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let listening = |node: &Node| {
+            [&node.grpc, &node.admin, &node.kafka].iter().all(|address| std::net::TcpStream::connect(address).is_ok())
+        };
+        while !listening(self.node(id)) {
+            let node = &mut self.nodes[(id - 1) as usize];
+            if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
+                node.child = None;
+                panic!("node {id} exited ({status}) while starting:\n{}", self.node_log(id));
+            }
+            assert!(Instant::now() < deadline, "node {id} never started listening:\n{}", self.node_log(id));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts (or starts again) a node with the same data directory and ports; returns once
+    /// it listens.
     pub fn restart(&mut self, id: u64) {
+        self.spawn(id);
+        self.wait_listening(id);
+    }
+
+    /// Starts the node's process.
+    fn spawn(&mut self, id: u64) {
         let peers = self.peers.clone();
         let extra_config = self.extra_config.clone();
         let node = &mut self.nodes[(id - 1) as usize];
@@ -209,8 +213,33 @@ impl TestCluster {
     }
 }
 
+impl TestCluster {
+    /// For a failing test: which nodes are still running, and the last lines each one logged
+    /// (a node that died unseen, or one that stalled, shows here rather than as a bare timeout).
+    fn post_mortem(&mut self) -> String {
+        let mut report = String::from("post-mortem of the test cluster:\n");
+        for index in 0..self.nodes.len() {
+            let id = self.nodes[index].id;
+            let state = match self.nodes[index].child.as_mut().map(|child| child.try_wait()) {
+                None => "not running (stopped or killed by the test)".to_string(),
+                Some(Ok(None)) => "running".to_string(),
+                Some(Ok(Some(status))) => format!("EXITED on its own ({status})"),
+                Some(Err(error)) => format!("unknown ({error})"),
+            };
+            let log = self.node_log(id);
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            report.push_str(&format!("--- node {id}: {state}; last lines of its log:\n{tail}\n"));
+        }
+        report
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.post_mortem());
+        }
         // ROBUSTMQ_TEST_KEEP=1 keeps the data directories and node logs for a post-mortem.
         if std::env::var_os("ROBUSTMQ_TEST_KEEP").is_some() {
             if let Ok(empty) = tempfile::tempdir() {
