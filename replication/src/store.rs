@@ -473,12 +473,24 @@ impl Store {
                 let _ = reply.send(handed);
             }
             StoreMsg::PeerUnreachable(peer) => {
-                for group in self.groups.values_mut() {
+                for (id, group) in self.groups.iter_mut() {
                     if group.raw.raft.leader_id == peer {
                         group.wake();
                     }
                     if group.raw.raft.state == StateRole::Leader {
                         group.raw.report_unreachable(peer);
+                        // A snapshot sent to it was lost with the link (its queue is dropped):
+                        // say so now, or the leader would wait out SNAPSHOT_TIMEOUT before it
+                        // sends another to the peer once it is back.
+                        let waiting = group
+                            .raw
+                            .raft
+                            .prs()
+                            .get(peer)
+                            .is_some_and(|progress| progress.state == ProgressState::Snapshot);
+                        if self.snapshots_sent.remove(&(*id, peer)).is_some() && waiting {
+                            group.raw.report_snapshot(peer, SnapshotStatus::Failure);
+                        }
                     }
                 }
             }
@@ -548,6 +560,12 @@ impl Store {
         let mut after_persist: Vec<(u64, Message)> = Vec::new();
         let mut readies = Vec::new();
         let mut changes = Vec::new();
+        // Whether the write must reach the disk before the loop goes on: new entries, a
+        // snapshot, a new term or vote (raft-rs says which), a configuration change or a
+        // trimmed log do. A commit index that moved does not (a crash loses a suffix of
+        // unsynced writes, and the commit index is learnt again from the leader), so a leader
+        // whose followers acknowledged does not pay a second fsync for the news.
+        let mut must_sync = false;
         let ids: Vec<u64> = self.groups.keys().copied().collect();
         for id in ids {
             let group = self.groups.get_mut(&id).expect("listed");
@@ -587,8 +605,11 @@ impl Store {
                 changes.extend(Self::apply_snapshot(&self.shared, group, id, ready.snapshot(), &mut batch));
             }
             let committed = ready.take_committed_entries();
+            // A configuration change also records the apply state and conf state: rare, synced.
+            must_sync |= committed.iter().any(|entry| entry.get_entry_type() != EntryType::EntryNormal);
             changes.extend(Self::apply(&self.shared, group, id, &committed, &mut batch));
             let hard_state = ready.hs().cloned();
+            must_sync |= ready.must_sync();
             group.raw.mut_store().stage(&mut batch, ready.entries(), hard_state.as_ref())?;
             after_persist.extend(ready.take_persisted_messages().into_iter().map(|m| (id, m)));
             readies.push((id, ready));
@@ -606,6 +627,8 @@ impl Store {
                 let applied = group.applied;
                 match replica.maybe_flush(applied, group.raw.store(), &mut batch) {
                     Ok(Some(flushed)) => {
+                        // The trim is synced before raft-engine may purge the files it frees.
+                        must_sync = true;
                         // Entries up to the flushed point live in the partition log now; keep a
                         // tail for followers that lag a little, snapshots serve the rest.
                         let last = group.raw.raft.raft_log.last_index();
@@ -631,7 +654,7 @@ impl Store {
         // (Raft thesis §10.2.1); everything else waits for the fsync below.
         self.send(std::mem::take(&mut outbound));
         if !batch.is_empty() {
-            self.engine.write(&mut batch, true).map_err(engine_error)?;
+            self.engine.write(&mut batch, must_sync).map_err(engine_error)?;
         }
         for (id, message) in after_persist {
             outbound.entry(message.to).or_default().push((id, message));
