@@ -189,6 +189,9 @@ pub fn run(args: Args) -> Result<()> {
     let trials = runtime.block_on(failover(&mut cluster, &pool, args.failover_trials))?;
     cluster.kill_all();
     drop(cluster);
+    if trials.iter().any(|trial| trial.failover > TARGET_FAILOVER) && !args.keep {
+        keep_node_logs(&work.path().join("rf3"))?;
+    }
     remove_dir(&work.path().join("rf3"), args.keep);
 
     let rf1_to_log = rf1.mib_s() / log_mib_s;
@@ -329,6 +332,23 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         work.close().context("removing the bench directory")?;
     }
+    Ok(())
+}
+
+/// Copies the node logs of a phase out of its data directory before that is removed, so a
+/// slow failover can be looked into; prints where they went.
+fn keep_node_logs(phase: &Path) -> Result<()> {
+    let kept = tempfile::Builder::new()
+        .prefix("failover-logs-")
+        .tempdir_in(phase.parent().and_then(Path::parent).unwrap_or(phase))?
+        .keep();
+    for entry in std::fs::read_dir(phase)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext.to_string_lossy().starts_with("log")) {
+            std::fs::copy(&path, kept.join(path.file_name().unwrap_or_default()))?;
+        }
+    }
+    eprintln!("a failover took longer than the target: node logs kept in {}", kept.display());
     Ok(())
 }
 

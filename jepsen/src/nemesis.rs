@@ -393,8 +393,11 @@ fn damage(node_dir: &Path, kind: Nemesis, rng: &mut Rng) -> Result<String> {
     })
 }
 
-/// A power loss on a killed node: each partition log keeps only what it had fsynced (raft-engine
-/// fsyncs every write, so the Raft log loses nothing).
+/// A power loss on a killed node: each partition log keeps only what it had fsynced. The Raft
+/// log is left whole: raft-engine fsyncs every write that holds entries, a term, a vote or a
+/// configuration, and what it writes unsynced (a commit index, an apply state) cannot be told
+/// apart from outside the process. The replication crate's simulation drops that too
+/// (`engine_fs`).
 fn lose_unflushed(node_dir: &Path) -> Result<u64> {
     let mut lost = 0;
     for log in partition_logs(node_dir) {

@@ -575,6 +575,7 @@ impl Store {
             let mut ready = group.raw.ready();
             if let Some(soft) = ready.ss() {
                 let leader = Some(soft.leader_id).filter(|id| *id != 0).map(NodeId);
+                info!(group = id, term = group.raw.raft.term, role = ?soft.raft_state, leader = soft.leader_id, "raft role changed");
                 match &group.kind {
                     Kind::Metadata => {
                         self.shared.metadata_leader.store(soft.leader_id, Ordering::Release);
