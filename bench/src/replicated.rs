@@ -124,8 +124,10 @@ pub fn run(args: Args) -> Result<()> {
         None => std::env::current_dir()?.join("target").join("bench-tmp"),
     };
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    let work =
+    let mut work =
         tempfile::Builder::new().prefix("replicated-").tempdir_in(&base).context("creating the bench directory")?;
+    // --keep keeps it also when the run fails: that is when the logs matter most.
+    work.disable_cleanup(args.keep);
     let filesystem = disk::filesystem_of(work.path());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("bench replicated");
@@ -327,8 +329,7 @@ pub fn run(args: Args) -> Result<()> {
     }));
 
     if args.keep {
-        let kept = work.keep();
-        eprintln!("data and node logs kept in {}", kept.display());
+        eprintln!("data and node logs kept in {}", work.path().display());
     } else {
         work.close().context("removing the bench directory")?;
     }

@@ -31,6 +31,14 @@ use crate::store::StoreMsg;
 pub(crate) const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 << 20;
 /// Batches queued per peer before new ones are dropped.
 const PEER_QUEUE_BATCHES: usize = 1024;
+/// Largest `RaftBatch` the transport builds; a single larger message travels alone. A leader
+/// catching a follower up emits up to `max_inflight_msgs` appends of up to 1 MiB at once: as
+/// one batch, that went past the receiver's limit, the stream failed, the messages were lost,
+/// and the leader sent the same burst again once the peer answered — a follower a few dozen
+/// MiB behind never caught up.
+const RAFT_BATCH_BYTES_MAX: usize = 4 << 20;
+/// Largest `RaftBatch` a node accepts: one entry may be as large as a produce request (64 MiB).
+const RAFT_BATCH_DECODE_MAX: usize = 80 << 20;
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// A connection that lasted this long resets the reconnect backoff.
@@ -107,17 +115,39 @@ impl Outbox for Transport {
         self.peers.insert(id, sender);
     }
 
-    /// Queues messages for a peer; drops them if its queue is full or the peer is unknown.
+    /// Queues messages for a peer, in order and in batches of at most `RAFT_BATCH_BYTES_MAX`;
+    /// drops them (from the first batch that does not fit on) if its queue is full or the peer
+    /// is unknown.
     fn send(&mut self, to: u64, messages: Vec<(u64, Message)>) {
         let Some(peer) = self.peers.get(&to) else { return };
-        let envelopes = messages
-            .iter()
-            .map(|(group, message)| RaftEnvelope { group_id: *group, message: encode_message(message).into() })
-            .collect();
-        if peer.try_send(RaftBatch { from_node: self.node_id, envelopes }).is_err() {
-            debug!(peer = to, "peer queue full or closed; dropping Raft messages");
+        for batch in batches(self.node_id, &messages, RAFT_BATCH_BYTES_MAX) {
+            if peer.try_send(batch).is_err() {
+                debug!(peer = to, "peer queue full or closed; dropping Raft messages");
+                return;
+            }
         }
     }
+}
+
+/// Messages for one peer as `RaftBatch`es of at most `bytes_max` encoded bytes each (a message
+/// larger than that alone in its batch), in order.
+fn batches(from_node: u64, messages: &[(u64, Message)], bytes_max: usize) -> Vec<RaftBatch> {
+    let mut batches = Vec::new();
+    let mut envelopes: Vec<RaftEnvelope> = Vec::new();
+    let mut bytes = 0;
+    for (group, message) in messages {
+        let encoded = encode_message(message);
+        if !envelopes.is_empty() && bytes + encoded.len() > bytes_max {
+            batches.push(RaftBatch { from_node, envelopes: std::mem::take(&mut envelopes) });
+            bytes = 0;
+        }
+        bytes += encoded.len();
+        envelopes.push(RaftEnvelope { group_id: *group, message: encoded.into() });
+    }
+    if !envelopes.is_empty() {
+        batches.push(RaftBatch { from_node, envelopes });
+    }
+    batches
 }
 
 async fn peer_link(peer: u64, address: String, mut queue: mpsc::Receiver<RaftBatch>, inbox: Sender<StoreMsg>) {
@@ -188,7 +218,7 @@ impl RaftService {
 
     /// The tonic service to mount on the node's gRPC server.
     pub fn into_server(self) -> proto::v1::raft_server::RaftServer<RaftService> {
-        proto::v1::raft_server::RaftServer::new(self).max_decoding_message_size(16 << 20)
+        proto::v1::raft_server::RaftServer::new(self).max_decoding_message_size(RAFT_BATCH_DECODE_MAX)
     }
 }
 
@@ -261,6 +291,36 @@ impl Raft for RaftService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn append_of(bytes: usize) -> Message {
+        let mut entry = raft::eraftpb::Entry::default();
+        entry.data = vec![7u8; bytes].into();
+        let mut message = Message::default();
+        message.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+        message.entries = vec![entry].into();
+        message
+    }
+
+    /// A catch-up burst (here 40 appends of 1 MiB) leaves as batches the receiver accepts, in
+    /// order, none lost; a message over the cap travels alone.
+    #[test]
+    fn a_catch_up_burst_is_split_into_batches_under_the_cap() {
+        let messages: Vec<(u64, Message)> = (0..40u64).map(|i| (1000 + i % 2, append_of(1 << 20))).collect();
+        let split = batches(3, &messages, RAFT_BATCH_BYTES_MAX);
+        assert!(split.len() >= 10, "{} batches", split.len());
+        let mut groups = Vec::new();
+        for batch in &split {
+            let bytes: usize = batch.envelopes.iter().map(|e| e.message.len()).sum();
+            assert!(bytes <= RAFT_BATCH_BYTES_MAX, "a batch of {bytes} bytes");
+            assert_eq!(batch.from_node, 3);
+            groups.extend(batch.envelopes.iter().map(|e| e.group_id));
+        }
+        assert_eq!(groups, messages.iter().map(|(g, _)| *g).collect::<Vec<_>>());
+
+        let alone =
+            batches(3, &[(1, append_of(64)), (1, append_of(6 << 20)), (1, append_of(64))], RAFT_BATCH_BYTES_MAX);
+        assert_eq!(alone.iter().map(|b| b.envelopes.len()).collect::<Vec<_>>(), vec![1, 1, 1]);
+    }
 
     /// A node that accepts connections and never answers fails a snapshot pull or a removal
     /// check instead of hanging it (a hung pull kept its group "installing" for good).

@@ -249,3 +249,42 @@ async fn leadership_returns_to_the_preferred_replica_after_it_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A follower tens of MiB behind (not so far that it needs a snapshot) is caught up by a burst
+/// of appends. Sent as one message batch, that burst once went past the receiver's size limit:
+/// the stream failed, the burst was lost and sent again, and the follower stayed behind — with
+/// another node down, the partition stopped committing for a minute and more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_tens_of_mib_behind_catches_up_at_once() {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_ready().await;
+    let client = cluster.client();
+    client.create_topic("behind", 1, 3).await.unwrap();
+    client.produce("behind", 0, &[client::record(None, b"first")]).await.unwrap();
+    let leader = client.describe_topic("behind").await.unwrap().partitions[0].leader.unwrap();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.kill(follower);
+    // 480 batches of 60 KiB: about 28 MiB of entries the follower lacks.
+    let value = vec![b'x'; 60 << 10];
+    let mut high_watermark = 1;
+    for _ in 0..480 {
+        let (_, last) = client.produce("behind", 0, &[client::record(None, &value)]).await.unwrap();
+        high_watermark = last + 1;
+    }
+    cluster.restart(follower);
+    let restarted = cluster.client_of(follower);
+    let started = std::time::Instant::now();
+    loop {
+        let partition = &restarted.describe_topic("behind").await.unwrap().partitions[0];
+        if partition.high_watermark >= high_watermark {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "node {follower} stayed behind: high watermark {} of {high_watermark}",
+            partition.high_watermark
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!cluster.node_log(follower).contains("installed a snapshot"), "caught up by appends, not a snapshot");
+}
