@@ -293,8 +293,7 @@ mod tests {
     use super::*;
 
     fn append_of(bytes: usize) -> Message {
-        let mut entry = raft::eraftpb::Entry::default();
-        entry.data = vec![7u8; bytes].into();
+        let entry = raft::eraftpb::Entry { data: vec![7u8; bytes].into(), ..Default::default() };
         let mut message = Message::default();
         message.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
         message.entries = vec![entry].into();
