@@ -81,9 +81,15 @@ impl PartitionHandle {
     }
 }
 
+/// The largest record batch accepted whatever the topic's `max_message_bytes` or the node's
+/// `batch_bytes_max` say: a batch is one Raft entry and one snapshot-pull chunk, and must fit
+/// what nodes accept from each other (`transport`).
+pub(crate) const BATCH_BYTES_LIMIT: usize = 64 << 20;
+
 /// The log settings for a topic's config, and the largest batch producers may send.
 fn log_config(config: &ReplicationConfig, topic_config: &TopicConfig) -> (LogConfig, usize) {
-    let batch_bytes_max = topic_config.max_message_bytes.map_or(config.batch_bytes_max, |max| max as usize);
+    let batch_bytes_max =
+        topic_config.max_message_bytes.map_or(config.batch_bytes_max, |max| max as usize).min(BATCH_BYTES_LIMIT);
     let log_config = LogConfig {
         segment_bytes_max: topic_config.segment_bytes.unwrap_or(config.segment_bytes),
         retention_ms: topic_config.retention_ms,
@@ -339,5 +345,22 @@ impl PartitionReplica {
         let next_offset = self.log.flush()?.0;
         self.producers.save(&self.dir, true);
         storage.stage_apply_state(batch, ApplyState { applied_index, next_offset })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A topic may allow larger batches than the default, but never more than nodes can pass to
+    /// each other: a larger one would be refused by every follower, for good.
+    #[test]
+    fn no_topic_accepts_batches_over_the_node_to_node_limit() {
+        let config = ReplicationConfig::default();
+        let huge = TopicConfig { max_message_bytes: Some(200 << 20), ..TopicConfig::default() };
+        assert_eq!(log_config(&config, &huge).1, BATCH_BYTES_LIMIT);
+        let large = TopicConfig { max_message_bytes: Some(8 << 20), ..TopicConfig::default() };
+        assert_eq!(log_config(&config, &large).1, 8 << 20);
+        assert_eq!(log_config(&config, &TopicConfig::default()).1, config.batch_bytes_max);
     }
 }

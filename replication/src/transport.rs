@@ -37,8 +37,9 @@ const PEER_QUEUE_BATCHES: usize = 1024;
 /// and the leader sent the same burst again once the peer answered — a follower a few dozen
 /// MiB behind never caught up.
 const RAFT_BATCH_BYTES_MAX: usize = 4 << 20;
-/// Largest `RaftBatch` a node accepts: one entry may be as large as a produce request (64 MiB).
-const RAFT_BATCH_DECODE_MAX: usize = 80 << 20;
+/// Largest `RaftBatch` (and `ReadReplica` answer) a node accepts: room for one batch of the
+/// largest size any partition accepts, plus framing.
+const RAFT_BATCH_DECODE_MAX: usize = crate::partition::BATCH_BYTES_LIMIT + (16 << 20);
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// A connection that lasted this long resets the reconnect backoff.
@@ -64,7 +65,8 @@ async fn call_client_within(address: &str, timeout: Duration) -> Result<RaftClie
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     let client = RaftClient::connect(endpoint).await.map_err(|e| e.to_string())?;
-    Ok(client.max_decoding_message_size(2 * SNAPSHOT_CHUNK_BYTES_MAX))
+    // A chunk holds at least one whole batch, however large (up to `BATCH_BYTES_LIMIT`).
+    Ok(client.max_decoding_message_size(RAFT_BATCH_DECODE_MAX))
 }
 
 /// Where the store loop sends Raft messages: the gRPC transport, or a simulated network.
