@@ -208,6 +208,19 @@ async fn drive(cluster: &mut LocalCluster, links: &mut Links, options: &Options)
             let reader = spawn_worker(args, &recorder, &options.results)?;
             let _ = tokio::task::spawn_blocking(move || reader.join()).await;
             let history = std::mem::take(&mut *recorder.events.lock().unwrap_or_else(|p| p.into_inner()));
+            // Without a whole final read, lost writes cannot be told from unseen ones: that is
+            // a failed run, never a valid one.
+            let read: BTreeSet<u32> = history
+                .iter()
+                .filter(|e| e.f == Function::FinalRead && e.kind == Kind::Ok)
+                .filter_map(|e| e.partition)
+                .collect();
+            if read.len() < PARTITIONS as usize {
+                bail!(
+                    "the final read covered partitions {read:?} of 0..{PARTITIONS}; see {}",
+                    options.results.join("workers").display()
+                );
+            }
             return Ok((history, faults, recovery, failure));
         }
         return finish(cluster, recorder, faults, failure).await;

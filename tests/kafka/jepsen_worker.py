@@ -239,9 +239,16 @@ def final_read(bootstrap, topic, partitions):
             try:
                 _, end = client.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
                 break
-            except KafkaException:
+            except KafkaException as error:
+                # "Unknown partition": the client's metadata lacks it; ask for the topic's again.
+                print(f"final read: partition {p}: {error}; refreshing metadata", file=sys.stderr, flush=True)
                 if time.time() > deadline:
                     raise
+                try:
+                    client.list_topics(topic, timeout=5)
+                except KafkaException:
+                    pass
+                time.sleep(0.5)
         client.assign([TopicPartition(topic, p, 0)])
         reads, position = [], 0
         deadline = time.time() + 60
