@@ -208,19 +208,8 @@ async fn drive(cluster: &mut LocalCluster, links: &mut Links, options: &Options)
             let reader = spawn_worker(args, &recorder, &options.results)?;
             let _ = tokio::task::spawn_blocking(move || reader.join()).await;
             let history = std::mem::take(&mut *recorder.events.lock().unwrap_or_else(|p| p.into_inner()));
-            // Without a whole final read, lost writes cannot be told from unseen ones: that is
-            // a failed run, never a valid one.
-            let read: BTreeSet<u32> = history
-                .iter()
-                .filter(|e| e.f == Function::FinalRead && e.kind == Kind::Ok)
-                .filter_map(|e| e.partition)
-                .collect();
-            if read.len() < PARTITIONS as usize {
-                bail!(
-                    "the final read covered partitions {read:?} of 0..{PARTITIONS}; see {}",
-                    options.results.join("workers").display()
-                );
-            }
+            final_read_covers(&history, PARTITIONS)
+                .with_context(|| format!("see {}", options.results.join("workers").display()))?;
             return Ok((history, faults, recovery, failure));
         }
         return finish(cluster, recorder, faults, failure).await;
@@ -511,5 +500,37 @@ async fn read_everything(client: &Client, partition: u32) -> Result<Vec<Read>> {
         if position >= high_watermark || records.is_empty() {
             return Ok(reads);
         }
+    }
+}
+
+/// Fails unless the history holds a completed final read of every partition: without one, lost
+/// writes cannot be told from unseen ones (the checker skips that check), so such a run is a
+/// failed run, never a valid one.
+fn final_read_covers(history: &[Event], partitions: u32) -> Result<()> {
+    let read: BTreeSet<u32> = history
+        .iter()
+        .filter(|e| e.f == Function::FinalRead && e.kind == Kind::Ok)
+        .filter_map(|e| e.partition)
+        .collect();
+    if (0..partitions).any(|p| !read.contains(&p)) {
+        bail!("the final read covered partitions {read:?} of 0..{partitions}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_without_a_whole_final_read_fails() {
+        let read = |partition: u32, kind: Kind| {
+            let mut event = Event::new(900, kind, Function::FinalRead, 0);
+            event.partition = Some(partition);
+            event
+        };
+        assert!(final_read_covers(&[], 2).is_err());
+        assert!(final_read_covers(&[read(0, Kind::Ok), read(1, Kind::Fail)], 2).is_err());
+        assert!(final_read_covers(&[read(0, Kind::Ok), read(1, Kind::Ok)], 2).is_ok());
     }
 }
