@@ -203,7 +203,16 @@ impl Client {
 
     /// One topic with its partitions, leaders and offsets.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, Error> {
-        let request = DescribeTopicRequest { name: name.into() };
+        self.describe(DescribeTopicRequest { name: name.into(), local: false }).await
+    }
+
+    /// The topic as the first bootstrap node's own catalog has it, never asking another node:
+    /// how a caller learns whether a topic change has reached that node.
+    pub async fn describe_topic_here(&self, name: &str) -> Result<TopicDescription, Error> {
+        self.describe(DescribeTopicRequest { name: name.into(), local: true }).await
+    }
+
+    async fn describe(&self, request: DescribeTopicRequest) -> Result<TopicDescription, Error> {
         self.call(|mut c| {
             let r = request.clone();
             async move { c.describe_topic(r).await }

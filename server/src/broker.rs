@@ -285,11 +285,9 @@ impl Broker for BrokerService {
             Some(topic) => Ok(Response::new(describe(&self.cluster, topic))),
             None => {
                 let error = Error::UnknownTopic(message.name.clone());
-                self.or_forward(
-                    error,
-                    was_forwarded,
-                    |mut peer| async move { peer.describe_topic(marked(message)).await },
-                )
+                self.or_forward(error, was_forwarded || message.local, |mut peer| async move {
+                    peer.describe_topic(marked(message)).await
+                })
                 .await
             }
         }

@@ -1,7 +1,8 @@
 //! CreateTopics, DeleteTopics and CreatePartitions, and the topic configs Kafka clients may set.
 //!
 //! Topic changes go through the metadata group's leader: directly when this node leads it,
-//! otherwise through the native API, which forwards them there.
+//! otherwise through the native API, which forwards them there. A created or grown topic is
+//! answered once every node shows it with leaders (see `propagation`).
 
 use std::time::Duration;
 
@@ -55,8 +56,12 @@ pub(crate) async fn create_topics(broker: &Broker, request: &mut Request) -> Rep
                 }
                 return Ok((partitions, replication_factor));
             }
+            let deadline = tokio::time::Instant::now() + timeout;
             match tokio::time::timeout(timeout, create(broker, &name, partitions, replication_factor, config)).await {
-                Ok(Ok(created)) => Ok(created),
+                Ok(Ok(created)) => {
+                    crate::propagation::await_everywhere(broker, &name, created.0, deadline).await;
+                    Ok(created)
+                }
                 Ok(Err(error)) => Err((error, error.to_string())),
                 Err(_) => Err((ResponseError::RequestTimedOut, "the topic was not created in time".into())),
             }
@@ -136,8 +141,12 @@ pub(crate) async fn create_partitions(broker: &Broker, request: &mut Request) ->
             if body.validate_only {
                 return Ok(());
             }
+            let deadline = tokio::time::Instant::now() + timeout;
             match tokio::time::timeout(timeout, add_partitions(broker, &name, topic.count as u32)).await {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => {
+                    crate::propagation::await_everywhere(broker, &name, topic.count as u32, deadline).await;
+                    Ok(())
+                }
                 Ok(Err(error)) => Err((error, error.to_string())),
                 Err(_) => Err((ResponseError::RequestTimedOut, "the partitions were not created in time".into())),
             }

@@ -37,7 +37,7 @@ impl RemoteLeaders {
         }
     }
 
-    fn client(&self, broker: &Broker, node: NodeId) -> Option<std::sync::Arc<client::Client>> {
+    pub(crate) fn client(&self, broker: &Broker, node: NodeId) -> Option<std::sync::Arc<client::Client>> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(&node) {
             return Some(client.clone());

@@ -23,6 +23,7 @@ mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
+mod propagation;
 mod sasl;
 mod sasl_gate;
 mod shards;
