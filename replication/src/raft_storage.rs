@@ -2,7 +2,9 @@
 //!
 //! Entries live in raft-engine under the group id; the hard state, conf state and apply state
 //! are raft-engine key-values of the group. This struct caches the hard and conf state (raft-rs
-//! reads them only at start) and reads entries straight from the engine.
+//! reads them only at start), the terms of recent entries, and the entries written but not yet
+//! applied (raft-rs asks for those right after they are written, to apply them); older entries
+//! are read from the engine.
 //!
 //! A group founded with voters starts as if a snapshot at index [`INIT_INDEX`] held its first
 //! configuration (as TiKV does): its log begins after that index, so a replica added later —
@@ -36,6 +38,10 @@ const TOMBSTONE_KEY: &[u8] = b"tombstone";
 /// Index (and term) of the implicit snapshot a founded group starts from.
 pub(crate) const INIT_INDEX: u64 = 5;
 pub(crate) const INIT_TERM: u64 = 5;
+
+/// Most bytes of unapplied entries one group keeps in memory; past it (a replica that cannot
+/// apply, say), the oldest are read from the engine again.
+const UNAPPLIED_CACHE_BYTES: usize = 64 << 20;
 
 /// Tells raft-engine how to find the index of a raft-rs entry.
 #[derive(Clone, Copy, Debug)]
@@ -90,6 +96,11 @@ pub(crate) struct GroupStorage {
     term_runs: std::collections::BTreeMap<u64, u64>,
     /// The first index `term_runs` covers; older entries are read from the engine.
     terms_from: u64,
+    /// The entries written and not yet applied, contiguous (at most [`UNAPPLIED_CACHE_BYTES`]).
+    /// Without it every entry was read back from raft-engine's file (a copy, the block's
+    /// checksum and a decode) moments after being written, only to be applied.
+    unapplied: std::collections::VecDeque<Entry>,
+    unapplied_bytes: usize,
     /// For the metadata group: where its snapshots come from (the catalog as applied).
     catalog: Option<Arc<Shared>>,
 }
@@ -136,6 +147,8 @@ impl GroupStorage {
             truncated,
             term_runs: std::collections::BTreeMap::new(),
             terms_from,
+            unapplied: std::collections::VecDeque::new(),
+            unapplied_bytes: 0,
             catalog: None,
         };
         Ok((storage, existed))
@@ -174,6 +187,7 @@ impl GroupStorage {
         if !entries.is_empty() {
             batch.add_entries::<EntryExt>(self.group, entries).map_err(engine_error)?;
             self.remember_terms(entries);
+            self.remember_unapplied(entries);
         }
         if let Some(hard_state) = hard_state {
             batch.put_message(self.group, HARD_STATE_KEY.to_vec(), hard_state).map_err(engine_error)?;
@@ -223,6 +237,60 @@ impl GroupStorage {
         }
     }
 
+    fn remember_unapplied(&mut self, entries: &[Entry]) {
+        let first = entries[0].index;
+        // New entries replace everything from their first index on.
+        while self.unapplied.back().is_some_and(|entry| entry.index >= first) {
+            let dropped = self.unapplied.pop_back().expect("checked");
+            self.unapplied_bytes -= entry_bytes(&dropped);
+        }
+        if self.unapplied.back().is_some_and(|entry| entry.index + 1 != first) {
+            self.forget_unapplied();
+        }
+        for entry in entries {
+            self.unapplied_bytes += entry_bytes(entry);
+            self.unapplied.push_back(entry.clone());
+        }
+        while self.unapplied_bytes > UNAPPLIED_CACHE_BYTES {
+            let Some(dropped) = self.unapplied.pop_front() else { break };
+            self.unapplied_bytes -= entry_bytes(&dropped);
+        }
+    }
+
+    /// Entries up to `index` were handed out to be applied: raft-rs reads them from the
+    /// engine if it ever needs them again (a follower far behind).
+    pub fn applied_to(&mut self, index: u64) {
+        while self.unapplied.front().is_some_and(|entry| entry.index <= index) {
+            let dropped = self.unapplied.pop_front().expect("checked");
+            self.unapplied_bytes -= entry_bytes(&dropped);
+        }
+    }
+
+    fn forget_unapplied(&mut self) {
+        self.unapplied.clear();
+        self.unapplied_bytes = 0;
+    }
+
+    /// Entries `low..high` from the cache of unapplied ones, if it holds them all, cut to
+    /// `max_size` as raft-rs cuts (always at least one entry).
+    fn cached_entries(&self, low: u64, high: u64, max_size: Option<usize>) -> Option<Vec<Entry>> {
+        let first = self.unapplied.front()?.index;
+        let last = self.unapplied.back()?.index;
+        if low < first || high > last + 1 || low >= high {
+            return None;
+        }
+        let mut entries = Vec::with_capacity((high - low) as usize);
+        let mut total = 0;
+        for entry in self.unapplied.range((low - first) as usize..(high - first) as usize) {
+            total += entry_bytes(entry);
+            if max_size.is_some_and(|max| total > max) && !entries.is_empty() {
+                break;
+            }
+            entries.push(entry.clone());
+        }
+        Some(entries)
+    }
+
     fn cached_term(&self, index: u64) -> Option<u64> {
         if index < self.terms_from || index > self.engine.last_index(self.group)? {
             return None;
@@ -241,6 +309,7 @@ impl GroupStorage {
         // Keep the run that covers `index`; drop the ones wholly below it.
         let keep_from = self.term_runs.range(..=index).next_back().map_or(index, |(start, _)| *start);
         self.term_runs = self.term_runs.split_off(&keep_from);
+        self.applied_to(index - 1);
         self.stage_truncated(batch, (index - 1, term))
     }
 
@@ -256,6 +325,7 @@ impl GroupStorage {
         let metadata = snapshot.get_metadata();
         batch.add_command(self.group, raft_engine::Command::Clean);
         self.term_runs.clear();
+        self.forget_unapplied();
         self.terms_from = metadata.index + 1;
         self.stage_truncated(batch, (metadata.index, metadata.term))?;
         let conf_state = metadata.get_conf_state().clone();
@@ -269,7 +339,8 @@ impl GroupStorage {
 
     /// Removes everything the engine holds for this group (the topic was deleted, or the
     /// replica moved away), leaving a tombstone behind.
-    pub fn clean(&self, batch: &mut LogBatch) -> Result<()> {
+    pub fn clean(&mut self, batch: &mut LogBatch) -> Result<()> {
+        self.forget_unapplied();
         batch.add_command(self.group, raft_engine::Command::Clean);
         batch.put(self.group, TOMBSTONE_KEY.to_vec(), vec![1]).map_err(engine_error)
     }
@@ -295,8 +366,11 @@ impl Storage for GroupStorage {
         if low < self.first_index()? {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        let mut entries = Vec::with_capacity((high - low) as usize);
         let max_size = max_size.into().map(|size| size as usize);
+        if let Some(entries) = self.cached_entries(low, high, max_size) {
+            return Ok(entries);
+        }
+        let mut entries = Vec::with_capacity((high - low) as usize);
         self.engine.fetch_entries_to::<EntryExt>(self.group, low, high, max_size, &mut entries).map_err(raft_error)?;
         Ok(entries)
     }
@@ -363,6 +437,11 @@ impl Storage for GroupStorage {
 }
 
 /// Two numbers as 16 big-endian bytes (the truncated and apply states).
+/// An entry's size as raft-rs and raft-engine count it (encoded).
+fn entry_bytes(entry: &Entry) -> usize {
+    entry.compute_size() as usize
+}
+
 fn pair(a: u64, b: u64) -> Vec<u8> {
     let mut value = Vec::with_capacity(16);
     value.extend_from_slice(&a.to_be_bytes());
@@ -409,6 +488,7 @@ mod tests {
         assert!(!existed);
         assert_eq!(storage.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
         let mut batch = LogBatch::default();
+        let mut storage = storage;
         storage.clean(&mut batch).unwrap();
         engine.write(&mut batch, true).unwrap();
         drop(storage);
@@ -421,6 +501,61 @@ mod tests {
         assert!(state.conf_state.voters.is_empty(), "not founded again: {:?}", state.conf_state);
         assert_eq!(state.hard_state.commit, 0);
         assert_eq!(storage.truncated_index(), 0);
+    }
+
+    fn entry(index: u64, term: u64, bytes: usize) -> Entry {
+        let mut entry = Entry { index, term, ..Entry::default() };
+        entry.data = vec![(index % 251) as u8; bytes].into();
+        entry
+    }
+
+    /// What the engine alone answers: the cache must never answer differently.
+    fn from_engine(storage: &GroupStorage, low: u64, high: u64, max_size: Option<u64>) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        let max_size = max_size.map(|size| size as usize);
+        storage.engine.fetch_entries_to::<EntryExt>(storage.group, low, high, max_size, &mut entries).unwrap();
+        entries
+    }
+
+    #[test]
+    fn unapplied_entries_are_served_from_memory_exactly_as_the_engine_serves_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path());
+        let (mut storage, _) = GroupStorage::open(engine.clone(), 9, &[1]).unwrap();
+        let write = |storage: &mut GroupStorage, entries: &[Entry]| {
+            let mut batch = LogBatch::default();
+            storage.stage(&mut batch, entries, None).unwrap();
+            engine.write(&mut batch, true).unwrap();
+        };
+        let first: Vec<Entry> = (6..16).map(|index| entry(index, 6, 1000 + index as usize)).collect();
+        write(&mut storage, &first);
+        let context = || GetEntriesContext::empty(false);
+        for (low, high, max_size) in
+            [(6, 16, None), (8, 12, None), (6, 16, Some(3000)), (10, 11, Some(1)), (6, 16, Some(0))]
+        {
+            let cached = storage.cached_entries(low, high, max_size.map(|s| s as usize)).expect("cached");
+            assert_eq!(cached, from_engine(&storage, low, high, max_size), "{low}..{high} max {max_size:?}");
+            assert_eq!(storage.entries(low, high, max_size, context()).unwrap(), cached);
+        }
+        // A new leader's entries replace the tail from their first index on.
+        let replacing: Vec<Entry> = (12..14).map(|index| entry(index, 7, 50)).collect();
+        write(&mut storage, &replacing);
+        assert_eq!(storage.cached_entries(6, 14, None).unwrap(), from_engine(&storage, 6, 14, None));
+        assert!(storage.cached_entries(6, 15, None).is_none(), "15 was replaced away");
+        // Applied entries leave memory and come from the engine.
+        storage.applied_to(9);
+        assert!(storage.cached_entries(9, 14, None).is_none());
+        assert_eq!(storage.entries(8, 14, None, context()).unwrap(), from_engine(&storage, 8, 14, None));
+        assert_eq!(storage.cached_entries(10, 14, None).unwrap(), from_engine(&storage, 10, 14, None));
+        // A compaction past them, and a clean, empty it.
+        let mut batch = LogBatch::default();
+        storage.compact(&mut batch, 12).unwrap();
+        engine.write(&mut batch, true).unwrap();
+        assert_eq!(storage.cached_entries(12, 14, None).unwrap(), from_engine(&storage, 12, 14, None));
+        assert!(storage.cached_entries(11, 14, None).is_none());
+        let mut batch = LogBatch::default();
+        storage.clean(&mut batch).unwrap();
+        assert!(storage.cached_entries(12, 14, None).is_none());
     }
 
     #[test]

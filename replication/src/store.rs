@@ -704,6 +704,9 @@ impl Store {
     /// Applies committed entries of one group, answering the proposals they resolve.
     fn apply(shared: &Shared, group: &mut Group, id: u64, entries: &[Entry], batch: &mut LogBatch) -> Vec<Change> {
         let mut changes = Vec::new();
+        if let Some(last) = entries.last() {
+            group.raw.mut_store().applied_to(last.index);
+        }
         if matches!(&group.kind, Kind::Partition(replica) if replica.repair_to.is_some()) {
             group.deferred.extend_from_slice(entries);
             return changes;
@@ -977,7 +980,7 @@ impl Store {
         self.installing.remove(&id);
         self.removal_checks.remove(&id);
         let mut batch = LogBatch::default();
-        let cleaned = group.raw.store().clean(&mut batch);
+        let cleaned = group.raw.mut_store().clean(&mut batch);
         if let Err(error) = cleaned.and_then(|()| self.engine.write(&mut batch, true).map(|_| ()).map_err(engine_error))
         {
             error!(group = id, %error, "cannot clean a dropped group from the Raft log store");
