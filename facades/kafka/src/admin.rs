@@ -19,6 +19,7 @@ use replication::TopicConfig;
 
 use crate::broker::Broker;
 use crate::connection::{encode, Reply, Request};
+use crate::propagation::{await_everywhere, Expect};
 
 /// Longest a topic change may take, whatever timeout the client sends.
 const ADMIN_TIMEOUT_MAX: Duration = Duration::from_secs(30);
@@ -59,7 +60,7 @@ pub(crate) async fn create_topics(broker: &Broker, request: &mut Request) -> Rep
             let deadline = tokio::time::Instant::now() + timeout;
             match tokio::time::timeout(timeout, create(broker, &name, partitions, replication_factor, config)).await {
                 Ok(Ok(created)) => {
-                    crate::propagation::await_everywhere(broker, &name, created.0, deadline).await;
+                    await_everywhere(broker, &name, Expect::Partitions(created.0), deadline).await;
                     Ok(created)
                 }
                 Ok(Err(error)) => Err((error, error.to_string())),
@@ -100,6 +101,11 @@ pub(crate) async fn delete_topics(broker: &Broker, request: &mut Request) -> Rep
         let outcome = match &name {
             None => Err(ResponseError::UnsupportedVersion),
             Some(name) => match tokio::time::timeout(timeout, delete(broker, &name.0)).await {
+                Ok(Ok(())) => {
+                    let deadline = tokio::time::Instant::now() + timeout;
+                    await_everywhere(broker, &name.0, Expect::Gone, deadline).await;
+                    Ok(())
+                }
                 Ok(outcome) => outcome,
                 Err(_) => Err(ResponseError::RequestTimedOut),
             },
@@ -144,7 +150,7 @@ pub(crate) async fn create_partitions(broker: &Broker, request: &mut Request) ->
             let deadline = tokio::time::Instant::now() + timeout;
             match tokio::time::timeout(timeout, add_partitions(broker, &name, topic.count as u32)).await {
                 Ok(Ok(())) => {
-                    crate::propagation::await_everywhere(broker, &name, topic.count as u32, deadline).await;
+                    await_everywhere(broker, &name, Expect::Partitions(topic.count as u32), deadline).await;
                     Ok(())
                 }
                 Ok(Err(error)) => Err((error, error.to_string())),
@@ -173,14 +179,21 @@ async fn add_partitions(broker: &Broker, name: &str, count: u32) -> Result<(), R
 }
 
 /// Replaces a topic's settings through the metadata leader.
+///
+/// Answers once every reachable node applies the new settings (at most 5 s), so a produce or
+/// DescribeConfigs that follows, on any broker, sees them.
 pub(crate) async fn alter_topic_config(broker: &Broker, name: &str, config: TopicConfig) -> Result<(), ResponseError> {
-    match broker.cluster.alter_topic_config(name, config.clone()).await {
-        Ok(()) => Ok(()),
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT_MAX;
+    let wanted: client::TopicConfig = (&config).into();
+    match broker.cluster.alter_topic_config(name, config).await {
+        Ok(()) => {}
         Err(replication::Error::NotLeader { .. }) => {
-            broker.admin.alter_topic_config(name, (&config).into()).await.map_err(|error| client_error(&error))
+            broker.admin.alter_topic_config(name, wanted).await.map_err(|error| client_error(&error))?
         }
-        Err(error) => Err(replication_error(&error)),
+        Err(error) => return Err(replication_error(&error)),
     }
+    await_everywhere(broker, name, Expect::Config(wanted), deadline).await;
+    Ok(())
 }
 
 fn admin_timeout(timeout_ms: i32) -> Duration {
