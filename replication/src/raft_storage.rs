@@ -436,12 +436,12 @@ impl Storage for GroupStorage {
     }
 }
 
-/// Two numbers as 16 big-endian bytes (the truncated and apply states).
 /// An entry's size as raft-rs and raft-engine count it (encoded).
 fn entry_bytes(entry: &Entry) -> usize {
     entry.compute_size() as usize
 }
 
+/// Two numbers as 16 big-endian bytes (the truncated and apply states).
 fn pair(a: u64, b: u64) -> Vec<u8> {
     let mut value = Vec::with_capacity(16);
     value.extend_from_slice(&a.to_be_bytes());

@@ -1,8 +1,8 @@
 //! CreateTopics, DeleteTopics and CreatePartitions, and the topic configs Kafka clients may set.
 //!
 //! Topic changes go through the metadata group's leader: directly when this node leads it,
-//! otherwise through the native API, which forwards them there. A created or grown topic is
-//! answered once every node shows it with leaders (see `propagation`).
+//! otherwise through the native API, which forwards them there. A change is answered once every
+//! reachable node shows it — a created or grown topic with leaders (see `propagation`).
 
 use std::time::Duration;
 
