@@ -144,7 +144,7 @@ impl Log {
                 };
                 let Some(bytes) = kept else { continue };
                 let written = BatchHeader::parse(&bytes)?;
-                cleaned.write_at(&bytes, position)?;
+                cleaned.write_at(&[&bytes], position)?;
                 cleaned.index_batch(&mut cursor, position, &written, self.config.index_interval_bytes);
                 position += bytes.len() as u64;
             }

@@ -160,6 +160,29 @@ impl Log {
         self.write_batch(batch, header, base_offset)
     }
 
+    /// [`Log::append`] for a batch in a buffer this log may not change (one shared with a Raft
+    /// log, say), also stamping its partition leader epoch. Both fields sit in the batch's first
+    /// bytes, outside the CRC: they are stamped into a copy of those bytes, which is written in
+    /// front of the rest of the batch in one vectored write, so the batch is never copied.
+    pub fn append_shared(&mut self, batch: &[u8], partition_leader_epoch: i32) -> Result<Appended> {
+        self.check_not_poisoned()?;
+        if batch.len() > self.config.batch_bytes_max {
+            return Err(Error::BatchTooLarge { size: batch.len(), max: self.config.batch_bytes_max });
+        }
+        let rules = Validation {
+            require_keys: self.config.cleanup_policy == CleanupPolicy::Compact,
+            decompressed_bytes_max: self.config.decompressed_bytes_max,
+        };
+        let header = batch::validate(batch, rules)?;
+        let base_offset = self.shared.next_offset.load(Ordering::Relaxed);
+        let (front, rest) = batch.split_at(batch::STAMPED_PREFIX_LEN);
+        let mut stamped = [0u8; batch::STAMPED_PREFIX_LEN];
+        stamped.copy_from_slice(front);
+        batch::set_base_offset(&mut stamped, Offset(base_offset));
+        batch::set_partition_leader_epoch(&mut stamped, partition_leader_epoch);
+        self.write_parts(&[&stamped, rest], header, base_offset)
+    }
+
     /// Appends a batch copied from another replica's log, keeping its base offset (which may
     /// skip offsets that compaction removed there). Only framing and CRC are checked: the batch
     /// was validated when it was first appended. Used to install a replica from a snapshot.
@@ -190,16 +213,22 @@ impl Log {
     }
 
     fn write_batch(&mut self, batch: &mut [u8], header: BatchHeader, base_offset: u64) -> Result<Appended> {
-        let record_count = header.last_offset_delta as u64 + 1;
-        self.maybe_roll(batch.len() as u64, base_offset + record_count, header.max_timestamp)?;
         batch::set_base_offset(batch, Offset(base_offset));
+        self.write_parts(&[batch], header, base_offset)
+    }
+
+    /// Writes a batch, already stamped with `base_offset`, given as consecutive parts.
+    fn write_parts(&mut self, parts: &[&[u8]], header: BatchHeader, base_offset: u64) -> Result<Appended> {
+        let len: u64 = parts.iter().map(|part| part.len() as u64).sum();
+        let record_count = header.last_offset_delta as u64 + 1;
+        self.maybe_roll(len, base_offset + record_count, header.max_timestamp)?;
         let stamped = BatchHeader { base_offset: base_offset as i64, ..header };
-        if let Err(error) = self.active.write_at(batch, self.position) {
+        if let Err(error) = self.active.write_at(parts, self.position) {
             self.cut_back_after_failed_write();
             return Err(error);
         }
         self.active.index_batch(&mut self.cursor, self.position, &stamped, self.config.index_interval_bytes);
-        self.position += batch.len() as u64;
+        self.position += len;
         let next_offset = base_offset + record_count;
         self.active.publish(self.position, next_offset, header.max_timestamp);
         self.shared.next_offset.store(next_offset, Ordering::Release);

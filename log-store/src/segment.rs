@@ -145,9 +145,11 @@ impl Segment {
         self.max_timestamp.store(max_timestamp, Ordering::Release);
     }
 
-    /// Writes a whole batch at `position`. On error the caller cuts the file back.
-    pub fn write_at(&self, bytes: &[u8], position: u64) -> Result<()> {
-        self.file.write_all_at(bytes, position).map_err(Error::io(&self.log_path))
+    /// Writes a whole batch, given as consecutive parts, at `position`: one `pwritev` for all
+    /// of them (more only if the kernel writes less than asked). On error the caller cuts the
+    /// file back.
+    pub fn write_at(&self, parts: &[&[u8]], position: u64) -> Result<()> {
+        write_all_vectored_at(&self.file, parts, position).map_err(Error::io(&self.log_path))
     }
 
     /// Cuts the file to `len` bytes.
@@ -384,4 +386,34 @@ impl Segment {
         }
         Ok(())
     }
+}
+
+/// `pwritev` until every byte of `parts` is written at `position` onwards.
+fn write_all_vectored_at(file: &File, parts: &[&[u8]], mut position: u64) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
+    let mut remaining = &mut slices[..];
+    IoSlice::advance_slices(&mut remaining, 0); // drops empty parts
+    while !remaining.is_empty() {
+        let count = remaining.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and every slice borrows
+        // memory that outlives the call; the descriptor belongs to `file`.
+        let written = unsafe {
+            libc::pwritev(file.as_raw_fd(), remaining.as_ptr().cast::<libc::iovec>(), count, position as libc::off_t)
+        };
+        if written < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        position += written as u64;
+        IoSlice::advance_slices(&mut remaining, written as usize);
+    }
+    Ok(())
 }

@@ -195,7 +195,7 @@ impl Cluster {
 
     /// Appends one RecordBatch v2 to a partition this node leads. Completes when the batch is
     /// committed by a majority and applied here, with the offsets it got.
-    pub async fn append(&self, topic: &str, partition: u32, batch_bytes: Vec<u8>) -> Result<(Offset, Offset)> {
+    pub async fn append(&self, topic: &str, partition: u32, batch_bytes: Bytes) -> Result<(Offset, Offset)> {
         self.start_append(topic, partition, batch_bytes)?.await
     }
 
@@ -206,7 +206,7 @@ impl Cluster {
         &self,
         topic: &str,
         partition: u32,
-        batch_bytes: Vec<u8>,
+        batch_bytes: Bytes,
     ) -> Result<impl std::future::Future<Output = Result<(Offset, Offset)>> + Send + 'static> {
         let handle = self.leading(topic, partition)?;
         let batch_bytes_max = handle.batch_bytes_max.load(std::sync::atomic::Ordering::Acquire);
@@ -392,10 +392,10 @@ impl Cluster {
         }
         self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).check(&command)?;
         let data = self.shared.propose_command(&command)?;
-        self.propose(METADATA_GROUP, data).await
+        self.propose(METADATA_GROUP, data.into()).await
     }
 
-    async fn propose(&self, group: GroupId, data: Vec<u8>) -> Result<Applied> {
+    async fn propose(&self, group: GroupId, data: Bytes) -> Result<Applied> {
         self.start_proposal(group, data)?.await
     }
 
@@ -403,7 +403,7 @@ impl Cluster {
     fn start_proposal(
         &self,
         group: GroupId,
-        data: Vec<u8>,
+        data: Bytes,
     ) -> Result<impl std::future::Future<Output = Result<Applied>> + Send + 'static> {
         let (reply, applied) = oneshot::channel();
         try_send(&self.shared.inbox, StoreMsg::Propose { group, data, reply })?;

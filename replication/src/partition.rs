@@ -220,13 +220,13 @@ impl PartitionReplica {
     /// Returns `Ok(Err(..))` for a batch every replica refuses alike (deterministic, skipped) and
     /// `Err(..)` for a local failure (disk), which stops this replica.
     pub fn apply(&mut self, entry: &Entry) -> Result<Result<(Offset, Offset)>> {
-        let mut data = entry.data.to_vec();
-        let header = match batch::BatchHeader::parse(&data) {
+        let data = &entry.data;
+        let header = match batch::BatchHeader::parse(data) {
             Ok(header) => header,
             Err(_) => return Ok(Err(Error::InvalidRequest("entry is not a record batch".into()))),
         };
         let marker = if header.is_control() {
-            match batch::Batch::new(bytes::Bytes::copy_from_slice(&data)).ok().and_then(|b| Marker::of(&b)) {
+            match batch::Batch::new(data.clone()).ok().and_then(|b| Marker::of(&b)) {
                 Some(marker) => Some(marker),
                 None => return Ok(Err(Error::InvalidRequest("a control batch without a valid marker".into()))),
             }
@@ -238,8 +238,8 @@ impl PartitionReplica {
             Ok(Decision::Duplicate(base, last)) => return Ok(Ok((base, last))),
             Err(refused) => return Ok(Err(refused)),
         }
-        batch::set_partition_leader_epoch(&mut data, entry.term as i32);
-        match self.log.append(&mut data) {
+        // Written straight from the entry's buffer, which the Raft log still shares.
+        match self.log.append_shared(data, entry.term as i32) {
             Ok(appended) => {
                 self.producers.record(&header, appended.base_offset, appended.last_offset, marker);
                 self.publish_transactions(marker == Some(Marker::Abort));

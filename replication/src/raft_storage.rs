@@ -466,9 +466,9 @@ pub(crate) fn encode_message(message: &raft::eraftpb::Message) -> Vec<u8> {
     message.write_to_bytes().unwrap_or_default()
 }
 
-/// Decodes a raft-rs message from the wire.
-pub(crate) fn decode_message(bytes: &[u8]) -> Option<raft::eraftpb::Message> {
-    raft::eraftpb::Message::parse_from_bytes(bytes).ok()
+/// Decodes a raft-rs message from the wire. Entry payloads become slices of `bytes`, not copies.
+pub(crate) fn decode_message(bytes: &bytes::Bytes) -> Option<raft::eraftpb::Message> {
+    raft::eraftpb::Message::parse_from_carllerche_bytes(bytes).ok()
 }
 
 #[cfg(test)]
@@ -478,6 +478,27 @@ mod tests {
     fn engine(dir: &std::path::Path) -> Arc<NodeEngine> {
         let config = raft_engine::Config { dir: dir.to_string_lossy().into_owned(), ..raft_engine::Config::default() };
         Arc::new(NodeEngine::open_with_file_system(config, Arc::default()).unwrap())
+    }
+
+    #[test]
+    fn decoded_entries_share_the_received_buffer_and_equal_what_was_sent() {
+        let mut sent = raft::eraftpb::Message::default();
+        sent.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+        sent.term = 7;
+        sent.set_entries(
+            (1..=3u64)
+                .map(|index| Entry { index, term: 7, data: vec![index as u8; 1000].into(), ..Entry::default() })
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        let wire = bytes::Bytes::from(encode_message(&sent));
+        let received = decode_message(&wire).expect("decodes");
+        assert_eq!(received, sent);
+        let wire_range = wire.as_ptr_range();
+        for entry in received.get_entries() {
+            assert!(wire_range.contains(&entry.data.as_ptr()), "entry {} was copied out of the buffer", entry.index);
+        }
+        assert!(decode_message(&wire.slice(..wire.len() - 1)).is_none(), "a cut message is refused");
     }
 
     #[test]

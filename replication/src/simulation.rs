@@ -258,7 +258,7 @@ impl Simulation {
         let leader = self.leader_of(group)?;
         let (reply, answer) = oneshot::channel();
         let (store, _) = self.nodes.get_mut(&leader).unwrap().running.as_mut().unwrap();
-        on_own_thread(|| store.handle(StoreMsg::Propose { group, data, reply }));
+        on_own_thread(|| store.handle(StoreMsg::Propose { group, data: data.into(), reply }));
         Some(answer)
     }
 

@@ -67,7 +67,7 @@ pub(crate) enum StoreMsg {
     Raft(Vec<(u64, Message)>),
     Propose {
         group: GroupId,
-        data: Vec<u8>,
+        data: Bytes,
         reply: Reply,
     },
     /// The transport lost a peer: wake the groups it leads so they can elect another leader.
@@ -540,7 +540,14 @@ impl Store {
                     let _ = reply.send(Err(Error::NotLeader { leader }));
                     return;
                 }
-                if let Err(error) = target.raw.propose(Vec::new(), data) {
+                // `RawNode::propose` without its `Vec`: the batch stays in the buffer it came in.
+                let mut propose = Message::default();
+                propose.set_msg_type(MessageType::MsgPropose);
+                propose.from = target.raw.raft.id;
+                let mut entry = Entry::default();
+                entry.data = data;
+                propose.set_entries(vec![entry].into());
+                if let Err(error) = target.raw.step(propose) {
                     let _ = reply.send(Err(match error {
                         raft::Error::ProposalDropped => Error::Overloaded,
                         other => Error::Engine(other.to_string()),

@@ -301,7 +301,7 @@ impl Broker for BrokerService {
         if let Some(fake) = crate::inject::dropped_append(&self.cluster, &message.topic, message.partition) {
             return Ok(Response::new(fake));
         }
-        match self.cluster.append(&message.topic, message.partition, message.batch.to_vec()).await {
+        match self.cluster.append(&message.topic, message.partition, message.batch.clone()).await {
             Ok((base, last)) => {
                 self.metrics.commit_latency.observe(started.elapsed().as_secs_f64());
                 self.metrics.produce_bytes.inc_by(bytes);

@@ -159,7 +159,7 @@ fn propose(broker: &Broker, topic: &str, partition: i32, records: Option<Bytes>)
             );
         }
     }
-    match broker.cluster.start_append(topic, index, records.to_vec()) {
+    match broker.cluster.start_append(topic, index, records) {
         Ok(commit) => Started::Proposed(Box::pin(commit)),
         Err(error) => Started::Refused(partition_error(&error), error.to_string()),
     }

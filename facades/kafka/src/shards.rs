@@ -68,7 +68,7 @@ impl Context<'_> {
     pub fn write(&mut self, batch: Vec<u8>) -> (Write, u64) {
         *self.next_sequence += 1;
         let sequence = *self.next_sequence;
-        let write: Write = match self.broker.cluster.start_append(self.topic, self.partition, batch) {
+        let write: Write = match self.broker.cluster.start_append(self.topic, self.partition, batch.into()) {
             Ok(future) => Box::pin(async move { future.await.map(|_| ()).map_err(|error| coordinator_error(&error)) }),
             Err(error) => {
                 let error = coordinator_error(&error);
@@ -296,7 +296,7 @@ async fn load<S: Shard>(broker: &Broker, partition: u32) -> Result<(HashMap<Stri
     barrier.push(&NewRecord { key: Some(bytes::Bytes::from_static(BARRIER_KEY)), ..NewRecord::default() });
     let barrier = barrier.build().map_err(|_| ResponseError::CoordinatorNotAvailable)?;
     let (_, barrier_offset) =
-        broker.cluster.append(S::TOPIC, partition, barrier).await.map_err(|error| coordinator_error(&error))?;
+        broker.cluster.append(S::TOPIC, partition, barrier.into()).await.map_err(|error| coordinator_error(&error))?;
     let (reader, _) = broker.cluster.leader_reader(S::TOPIC, partition).map_err(|error| coordinator_error(&error))?;
     let mut from = reader.log_start_offset();
     let mut batches = Vec::new();

@@ -50,6 +50,9 @@ pub const MAGIC_V2: i8 = 2;
 const BASE_OFFSET: usize = 0;
 const BATCH_LENGTH: usize = 8;
 const PARTITION_LEADER_EPOCH: usize = 12;
+/// The batch's first bytes that a log stamps (base offset, partition leader epoch); the CRC
+/// does not cover them.
+pub const STAMPED_PREFIX_LEN: usize = PARTITION_LEADER_EPOCH + 4;
 const MAGIC: usize = 16;
 const CRC: usize = 17;
 const ATTRIBUTES: usize = 21;

@@ -25,6 +25,48 @@ fn stored_bytes_equal_the_producers_bytes_except_the_base_offset() {
 }
 
 #[test]
+fn a_shared_batch_is_stored_as_append_stores_it_and_its_buffer_is_not_changed() {
+    let config = LogConfig { segment_bytes_max: 600, ..LogConfig::default() };
+    let (copied_dir, shared_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut copied = Log::open(copied_dir.path(), config.clone()).unwrap();
+    let mut shared = Log::open(shared_dir.path(), config.clone()).unwrap();
+    let mut next = 0;
+    for (round, compression) in
+        [Compression::None, Compression::Lz4, Compression::None, Compression::Zstd].into_iter().enumerate()
+    {
+        let sent = payload_batch(next, 3, compression);
+        let mut stamped = sent.clone();
+        batch::set_partition_leader_epoch(&mut stamped, round as i32);
+        let by_copy = copied.append(&mut stamped).unwrap();
+        let before = sent.clone();
+        let by_share = shared.append_shared(&sent, round as i32).unwrap();
+        assert_eq!(sent, before, "the shared buffer is left as it was");
+        assert_eq!((by_share.base_offset, by_share.last_offset), (by_copy.base_offset, by_copy.last_offset));
+        next = by_share.last_offset.0 + 1;
+    }
+    let mut flipped = payload_batch(next, 2, Compression::None);
+    flipped[40] ^= 1;
+    assert!(matches!(shared.append_shared(&flipped, 0), Err(Error::CrcMismatch { .. })));
+    assert_eq!(shared.next_offset(), copied.next_offset());
+    drop((copied, shared));
+    // Reopened (so recovery walks what was written), both logs hold the same bytes.
+    let copied = Log::open(copied_dir.path(), config.clone()).unwrap();
+    let shared = Log::open(shared_dir.path(), config).unwrap();
+    let mut from = Offset(0);
+    while from < copied.next_offset() {
+        let expected = copied.reader().read(from, 1 << 20).unwrap();
+        assert_eq!(shared.reader().read(from, 1 << 20).unwrap(), expected);
+        for stored in batch::batches(expected) {
+            let header = *stored.unwrap().header();
+            assert_eq!(header.base_offset as u64, from.0);
+            assert_eq!(header.partition_leader_epoch as u64, from.0 / 3, "stamped at the append");
+            from = Offset(from.0 + header.last_offset_delta as u64 + 1);
+        }
+    }
+    assert_eq!(from, Offset(12));
+}
+
+#[test]
 fn bad_batches_are_refused_and_leave_the_log_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig { batch_bytes_max: 4096, ..LogConfig::default() };

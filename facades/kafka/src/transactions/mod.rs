@@ -143,7 +143,7 @@ pub(crate) struct TxnCoordinator {
 /// Writes one marker to a partition: directly when this node leads it, else forwarded.
 async fn write_marker(broker: &Broker, topic: &str, partition: i32, marker: Vec<u8>) -> Result<(), String> {
     let index = u32::try_from(partition).map_err(|_| format!("partition {partition}"))?;
-    match broker.cluster.append(topic, index, marker.clone()).await {
+    match broker.cluster.append(topic, index, marker.clone().into()).await {
         Ok(_) => Ok(()),
         Err(replication::Error::NotLeader { .. }) => {
             broker.admin.produce_batch(topic, index, marker).await.map(|_| ()).map_err(|error| error.to_string())
