@@ -544,9 +544,7 @@ impl Store {
                 let mut propose = Message::default();
                 propose.set_msg_type(MessageType::MsgPropose);
                 propose.from = target.raw.raft.id;
-                let mut entry = Entry::default();
-                entry.data = data;
-                propose.set_entries(vec![entry].into());
+                propose.set_entries(vec![Entry { data, ..Entry::default() }].into());
                 if let Err(error) = target.raw.step(propose) {
                     let _ = reply.send(Err(match error {
                         raft::Error::ProposalDropped => Error::Overloaded,
