@@ -40,6 +40,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::cpu;
 use crate::disk::{self, Pattern};
 use crate::log_store::{build_pool, PooledBatch};
 use crate::report::{json_line, mib_per_s, per_s, round, thousands, Percentiles, Table, Verdict};
@@ -102,11 +103,17 @@ struct LoadRun {
     errors: u64,
     produce: Percentiles,
     end_to_end: Percentiles,
+    /// Cores each node and the load generator kept busy over the timed window.
+    cpu: Vec<(String, f64)>,
 }
 
 impl LoadRun {
     fn mib_s(&self) -> f64 {
         mib_per_s(self.bytes, self.elapsed)
+    }
+
+    fn busy_cores(&self) -> f64 {
+        self.cpu.iter().map(|(_, busy)| busy).sum()
     }
 }
 
@@ -327,9 +334,12 @@ async fn consumer(address: String, window: Arc<Window>, from: i64) -> Result<()>
     Ok(())
 }
 
-/// Runs one workload against the leader at `address`.
+/// Runs one workload against the leader at `address`; `processes` (name, pid) are the ones
+/// whose CPU time is measured over the timed window.
+#[allow(clippy::too_many_arguments)]
 async fn load(
     address: &str,
+    processes: &[(String, String)],
     workload: Workload,
     connections: usize,
     in_flight: usize,
@@ -351,6 +361,16 @@ async fn load(
         produce: Mutex::new(Vec::new()),
         end_to_end: Mutex::new(Vec::new()),
     });
+    let sampling = {
+        let processes = processes.to_vec();
+        let (from, to) = (window.timed_from, window.timed_to);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(from.into()).await;
+            let before = cpu::Sample::take(&processes);
+            tokio::time::sleep_until(to.into()).await;
+            before.cores_since(to - from)
+        })
+    };
     let reading = tokio::spawn(consumer(address.to_string(), window.clone(), from));
     let per_connection = bytes_per_s.map(|rate| rate / connections as f64);
     let producers: Vec<_> = (0..connections)
@@ -382,6 +402,7 @@ async fn load(
         errors: window.errors.load(Ordering::Relaxed),
         produce: Percentiles::of(&mut produce),
         end_to_end: Percentiles::of(&mut end_to_end),
+        cpu: sampling.await?,
     })
 }
 
@@ -409,6 +430,11 @@ fn print_run(label: &str, run: &LoadRun) {
         ms(run.end_to_end.p99),
         if run.errors > 0 { format!("  ({} errors)", run.errors) } else { String::new() }
     );
+    println!(
+        "          CPU cores busy {}; {}",
+        cpu::summary(&run.cpu),
+        cpu::ceiling_summary(run.busy_cores(), run.mib_s(), cpu::available())
+    );
 }
 
 async fn run_cluster(
@@ -430,16 +456,26 @@ async fn run_cluster(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let processes: Vec<(String, String)> = (1..=nodes)
+        .filter_map(|id| {
+            let role = if id == leader { "leader" } else { "follower" };
+            cluster.pid(id).map(|pid| (format!("n{id} {role}"), pid.to_string()))
+        })
+        .chain(std::iter::once(("load generator".to_string(), "self".to_string())))
+        .collect();
     let warmup = Duration::from_secs_f64(args.warmup_seconds);
     let timed = Duration::from_secs_f64(args.seconds);
     let batches = Workload::Batches(pool.clone());
-    let max = load(&address, batches.clone(), args.connections, args.in_flight, None, warmup, timed).await?;
+    let max =
+        load(&address, &processes, batches.clone(), args.connections, args.in_flight, None, warmup, timed).await?;
     print_run("max", &max);
     let half_rate = max.bytes as f64 / max.elapsed.as_secs_f64() / 2.0;
-    let half = load(&address, batches, args.connections, args.in_flight, Some(half_rate), warmup, timed).await?;
+    let half =
+        load(&address, &processes, batches, args.connections, args.in_flight, Some(half_rate), warmup, timed).await?;
     print_run("half", &half);
     let keyed_workload = Workload::Keyed { keys: args.keys, record_bytes: args.record_bytes };
-    let keyed = load(&address, keyed_workload, args.connections, args.in_flight, None, warmup, timed).await?;
+    let keyed =
+        load(&address, &processes, keyed_workload, args.connections, args.in_flight, None, warmup, timed).await?;
     print_run("keyed", &keyed);
     Ok(ClusterRun { max, half, keyed })
 }
@@ -527,6 +563,10 @@ pub fn run(args: Args) -> Result<()> {
         );
         table.figure(&format!("{label}, e2e p99 at half load"), format!("{} ms", ms(run.half.end_to_end.p99)));
         table.figure(
+            &format!("{label}, max: CPU cost and the ceiling it sets"),
+            cpu::ceiling_summary(run.max.busy_cores(), run.max.mib_s(), cores),
+        );
+        table.figure(
             &format!("{label}, keyed 1-record batches"),
             format!(
                 "{} records/s, p99 {} ms",
@@ -548,6 +588,9 @@ pub fn run(args: Args) -> Result<()> {
             "e2e_p99_ms": round(run.end_to_end.p99.as_secs_f64() * 1e3, 3),
             "e2e_p999_ms": round(run.end_to_end.p999.as_secs_f64() * 1e3, 3),
             "errors": run.errors,
+            "cpu_cores": round(run.busy_cores(), 2),
+            "cpu_core_s_per_gib": cpu::cost_and_ceiling(run.busy_cores(), run.mib_s(), cores).map(|(c, _)| round(c, 2)),
+            "cpu_ceiling_mib_s": cpu::cost_and_ceiling(run.busy_cores(), run.mib_s(), cores).map(|(_, m)| round(m, 1)),
         })
     };
     json_line(&json!({

@@ -15,6 +15,7 @@
 //! [`report`] holds the shared printing: the human-readable table and percentiles; node
 //! processes come from the `tests` crate's `cluster`.
 
+mod cpu;
 mod disk;
 mod kafka;
 mod log_store;

@@ -41,9 +41,9 @@ use anyhow::{ensure, Context, Result};
 use client::Client;
 use serde_json::json;
 
-use crate::disk;
 use crate::log_store::{append_reference, build_pool, PooledBatch};
 use crate::report::{json_line, mib_per_s, per_s, round, thousands, Percentiles, Table, Verdict};
+use crate::{cpu, disk};
 use ::tests::cluster::LocalCluster;
 
 /// The topic every phase produces to (partition 0).
@@ -234,6 +234,10 @@ pub fn run(args: Args) -> Result<()> {
             )
             .figure(&format!("RF{rf} CPU cores busy (of {cores})"), phase.cpu_summary())
             .figure(
+                &format!("RF{rf} CPU cost and the ceiling it sets"),
+                cpu::ceiling_summary(phase.busy_cores(), phase.mib_s(), cores),
+            )
+            .figure(
                 &format!("RF{rf} leader store-loop thread, cores busy"),
                 phase.store_loop.map_or("?".to_string(), |cores| format!("{cores:.2}")),
             );
@@ -298,6 +302,8 @@ pub fn run(args: Args) -> Result<()> {
             "server_commit_share_le_10ms": round(phase.leader_diff.commit_share_within_10ms(), 4),
             "leader_store_loop_cores": phase.store_loop.map(|cores| round(cores, 2)),
             "leader_raft_engine_write_share": round(phase.leader_diff.write_seconds / phase.run.elapsed.as_secs_f64(), 3),
+            "cpu_core_s_per_gib": cpu::cost_and_ceiling(phase.busy_cores(), phase.mib_s(), cores).map(|(c, _)| round(c, 2)),
+            "cpu_ceiling_mib_s": cpu::cost_and_ceiling(phase.busy_cores(), phase.mib_s(), cores).map(|(_, m)| round(m, 1)),
             "cpu_cores": phase.cpu.iter().map(|(name, cores)| (name.clone(), json!(round(*cores, 2)))).collect::<serde_json::Map<_, _>>(),
         })
     };
@@ -458,30 +464,6 @@ fn counters(admin: &str) -> Result<Counters> {
     })
 }
 
-/// User + system CPU seconds of a process so far (`/proc/<pid>/stat`).
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    cpu_seconds_of(&format!("/proc/{pid}/stat"))
-}
-
-/// The `stat` file of the node's store-loop thread (`/proc/<pid>/task/<tid>/stat`).
-fn store_loop_stat(pid: u32) -> Option<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|task| {
-        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-        (comm.trim() == "store-loop").then(|| task.path().join("stat").to_string_lossy().into_owned())
-    })
-}
-
-/// User + system CPU seconds so far of the process or thread whose `stat` file is `path`.
-fn cpu_seconds_of(path: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // After "pid (comm)": state is field 3, utime 14, stime 15.
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / per_second)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Throughput phases
 
@@ -574,9 +556,11 @@ impl Phase {
 
     /// `"1.07 = n1 leader 0.80 + client 0.27"` (client: this process).
     fn cpu_summary(&self) -> String {
-        let total: f64 = self.cpu.iter().map(|(_, cores)| cores).sum();
-        let parts: Vec<String> = self.cpu.iter().map(|(name, cores)| format!("{name} {cores:.2}")).collect();
-        format!("{total:.2} = {}", parts.join(" + "))
+        cpu::summary(&self.cpu)
+    }
+
+    fn busy_cores(&self) -> f64 {
+        self.cpu.iter().map(|(_, busy)| busy).sum()
     }
 
     /// Calls slower than [`SLOW_CALL`].
@@ -616,6 +600,7 @@ impl Phase {
         );
         println!("   calls slower than {} ms: {}", SLOW_CALL.as_millis(), self.slow_calls());
         println!("   CPU cores busy over the window: {}", self.cpu_summary());
+        println!("   CPU cost: {}", cpu::ceiling_summary(self.busy_cores(), self.mib_s(), cpu::available()));
         println!(
             "   leader's store-loop thread: {} cores busy; in raft-engine writes {:.0} % of the window (of which fsync {:.0} %)",
             self.store_loop.map_or("?".to_string(), |cores| format!("{cores:.2}")),
@@ -651,22 +636,16 @@ async fn throughput(
         })
         .chain(std::iter::once(("client".to_string(), "self".to_string())))
         .collect();
-    let cpu_before: Vec<Option<f64>> = pids.iter().map(|(_, pid)| cpu_seconds(pid)).collect();
-    let store_loop = cluster.pid(leader).and_then(store_loop_stat);
-    let store_loop_before = store_loop.as_deref().and_then(cpu_seconds_of);
+    let cpu_before = cpu::Sample::take(&pids);
+    let store_loop = cluster.pid(leader).and_then(|pid| cpu::thread_stat(pid, "store-loop"));
+    let store_loop_before = store_loop.as_deref().and_then(cpu::cpu_seconds_of);
     let before = counters(&admin)?;
     let mut run = produce_for(&client, pool, concurrency, timed).await?;
     let after = counters(&admin)?;
-    let cpu: Vec<(String, f64)> = pids
-        .iter()
-        .zip(cpu_before)
-        .filter_map(|((name, pid), before)| {
-            Some((name.clone(), (cpu_seconds(pid)? - before?) / run.elapsed.as_secs_f64()))
-        })
-        .collect();
+    let cpu = cpu_before.cores_since(run.elapsed);
     let store_loop = store_loop
         .as_deref()
-        .and_then(cpu_seconds_of)
+        .and_then(cpu::cpu_seconds_of)
         .zip(store_loop_before)
         .map(|(after, before)| (after - before) / run.elapsed.as_secs_f64());
     cluster.check_alive()?;
@@ -817,10 +796,5 @@ mod tests {
         assert_eq!(sample(TEXT, "raft_engine_sync_log_duration_seconds", None), None);
         assert_eq!(sample(TEXT, "robustmq_produce_requests_total", None), Some(7.0));
         assert_eq!(sample(TEXT, "robustmq_produce_requests_total", Some("outcome=\"ok\"")), Some(3.0));
-    }
-
-    #[test]
-    fn own_cpu_time_is_readable() {
-        assert!(cpu_seconds("self").is_some());
     }
 }
