@@ -493,7 +493,9 @@ pub fn run(args: Args) -> Result<()> {
         None => std::env::current_dir()?.join("target").join("bench-tmp"),
     };
     std::fs::create_dir_all(&base)?;
-    let work = tempfile::Builder::new().prefix("kafka-").tempdir_in(&base)?;
+    let mut work = tempfile::Builder::new().prefix("kafka-").tempdir_in(&base)?;
+    // --keep keeps the directory with the node logs, also when the run fails.
+    work.disable_cleanup(args.keep);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("bench kafka");
     println!("  node binary: {}", binary.display());
