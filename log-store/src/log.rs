@@ -147,15 +147,7 @@ impl Log {
     /// The batch is stored byte for byte apart from the base offset (outside the CRC). It becomes
     /// visible to readers once this returns; it is durable after the next [`Log::flush`].
     pub fn append(&mut self, batch: &mut [u8]) -> Result<Appended> {
-        self.check_not_poisoned()?;
-        if batch.len() > self.config.batch_bytes_max {
-            return Err(Error::BatchTooLarge { size: batch.len(), max: self.config.batch_bytes_max });
-        }
-        let rules = Validation {
-            require_keys: self.config.cleanup_policy == CleanupPolicy::Compact,
-            decompressed_bytes_max: self.config.decompressed_bytes_max,
-        };
-        let header = batch::validate(batch, rules)?;
+        let header = self.validate_new(batch)?;
         let base_offset = self.shared.next_offset.load(Ordering::Relaxed);
         self.write_batch(batch, header, base_offset)
     }
@@ -165,6 +157,18 @@ impl Log {
     /// bytes, outside the CRC: they are stamped into a copy of those bytes, which is written in
     /// front of the rest of the batch in one vectored write, so the batch is never copied.
     pub fn append_shared(&mut self, batch: &[u8], partition_leader_epoch: i32) -> Result<Appended> {
+        let header = self.validate_new(batch)?;
+        let base_offset = self.shared.next_offset.load(Ordering::Relaxed);
+        let (front, rest) = batch.split_at(batch::STAMPED_PREFIX_LEN);
+        let mut stamped = [0u8; batch::STAMPED_PREFIX_LEN];
+        stamped.copy_from_slice(front);
+        batch::set_base_offset(&mut stamped, Offset(base_offset));
+        batch::set_partition_leader_epoch(&mut stamped, partition_leader_epoch);
+        self.write_parts(&[&stamped, rest], header, base_offset)
+    }
+
+    /// Checks a batch a producer sent against this log's rules: size, framing, CRC, records.
+    fn validate_new(&self, batch: &[u8]) -> Result<BatchHeader> {
         self.check_not_poisoned()?;
         if batch.len() > self.config.batch_bytes_max {
             return Err(Error::BatchTooLarge { size: batch.len(), max: self.config.batch_bytes_max });
@@ -173,14 +177,7 @@ impl Log {
             require_keys: self.config.cleanup_policy == CleanupPolicy::Compact,
             decompressed_bytes_max: self.config.decompressed_bytes_max,
         };
-        let header = batch::validate(batch, rules)?;
-        let base_offset = self.shared.next_offset.load(Ordering::Relaxed);
-        let (front, rest) = batch.split_at(batch::STAMPED_PREFIX_LEN);
-        let mut stamped = [0u8; batch::STAMPED_PREFIX_LEN];
-        stamped.copy_from_slice(front);
-        batch::set_base_offset(&mut stamped, Offset(base_offset));
-        batch::set_partition_leader_epoch(&mut stamped, partition_leader_epoch);
-        self.write_parts(&[&stamped, rest], header, base_offset)
+        batch::validate(batch, rules)
     }
 
     /// Appends a batch copied from another replica's log, keeping its base offset (which may
