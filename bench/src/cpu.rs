@@ -1,9 +1,10 @@
 //! CPU time of the processes and threads a bench run involves, read from `/proc`, and the
 //! ceiling it implies: on a machine where the load generator and every node share the cores,
 //! a run that spends C core-seconds per GiB cannot exceed `cores / C` GiB/s however well the
-//! work is scheduled.
+//! work is scheduled. Kernel threads working for the run (writeback, part of the network
+//! stack) are not counted, so the cost is a lower bound and the ceiling an upper one.
 
-use std::time::Duration;
+use std::time::Instant;
 
 /// User + system CPU seconds of a process so far (`/proc/<pid>/stat`; `pid` may be `self`).
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
@@ -29,23 +30,29 @@ pub fn cpu_seconds_of(path: &str) -> Option<f64> {
     Some(ticks / per_second)
 }
 
-/// CPU seconds of named processes at one moment, to subtract from a later [`Sample`].
-pub struct Sample(Vec<(String, String, Option<f64>)>);
+/// CPU seconds of named processes at one moment, to subtract from a later reading.
+pub struct Sample {
+    at: Instant,
+    processes: Vec<(String, String, Option<f64>)>,
+}
 
 impl Sample {
     /// `processes`: (name to report, pid or `self`).
     pub fn take(processes: &[(String, String)]) -> Sample {
-        Sample(processes.iter().map(|(name, pid)| (name.clone(), pid.clone(), cpu_seconds(pid))).collect())
+        let processes = processes.iter().map(|(name, pid)| (name.clone(), pid.clone(), cpu_seconds(pid))).collect();
+        Sample { at: Instant::now(), processes }
     }
 
-    /// Cores each process kept busy since this sample, over `elapsed`.
-    pub fn cores_since(&self, elapsed: Duration) -> Vec<(String, f64)> {
-        self.0
+    /// Cores each process kept busy since this sample. Empty when any process cannot be read
+    /// (one restarted, say): a partial sum would understate the cost.
+    pub fn cores_since(&self) -> Vec<(String, f64)> {
+        let elapsed = self.at.elapsed().as_secs_f64();
+        let cores: Option<Vec<(String, f64)>> = self
+            .processes
             .iter()
-            .filter_map(|(name, pid, before)| {
-                Some((name.clone(), (cpu_seconds(pid)? - (*before)?) / elapsed.as_secs_f64()))
-            })
-            .collect()
+            .map(|(name, pid, before)| Some((name.clone(), (cpu_seconds(pid)? - (*before)?) / elapsed)))
+            .collect();
+        cores.unwrap_or_default()
     }
 }
 
@@ -76,6 +83,9 @@ pub fn ceiling_summary(busy_cores: f64, mib_s: f64, cores: usize) -> String {
 
 /// `"1.07 = n1 leader 0.80 + client 0.27"`.
 pub fn summary(cores: &[(String, f64)]) -> String {
+    if cores.is_empty() {
+        return "?".to_string();
+    }
     let total: f64 = cores.iter().map(|(_, busy)| busy).sum();
     let parts: Vec<String> = cores.iter().map(|(name, busy)| format!("{name} {busy:.2}")).collect();
     format!("{total:.2} = {}", parts.join(" + "))

@@ -368,7 +368,7 @@ async fn load(
             tokio::time::sleep_until(from.into()).await;
             let before = cpu::Sample::take(&processes);
             tokio::time::sleep_until(to.into()).await;
-            before.cores_since(to - from)
+            before.cores_since()
         })
     };
     let reading = tokio::spawn(consumer(address.to_string(), window.clone(), from));

@@ -642,7 +642,7 @@ async fn throughput(
     let before = counters(&admin)?;
     let mut run = produce_for(&client, pool, concurrency, timed).await?;
     let after = counters(&admin)?;
-    let cpu = cpu_before.cores_since(run.elapsed);
+    let cpu = cpu_before.cores_since();
     let store_loop = store_loop
         .as_deref()
         .and_then(cpu::cpu_seconds_of)

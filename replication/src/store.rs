@@ -296,6 +296,9 @@ impl Store {
         shared.metadata_truncated.store(metadata_applied, Ordering::Release);
         let mut raw =
             RawNode::new(&store.raft_config(0), storage, &store.logger).map_err(|e| Error::Engine(e.to_string()))?;
+        // Catalog changes are rare and every node acts on them when it applies them (a new
+        // topic's replicas are created then), so their commits are announced at once.
+        raw.raft.skip_bcast_commit(false);
         *shared.metadata_voters.write().unwrap_or_else(|p| p.into_inner()) =
             members(&raw.raft.prs().conf().to_conf_state());
         if !existed && voters.len() == 1 {
@@ -325,7 +328,8 @@ impl Store {
             // index; the follower then acknowledges entries it does not have. The simulation
             // found it (duplicated and reordered messages); keep batching off.
             batch_append: false,
-            // A commit does not send every follower an empty append of its own (as TiKV): the
+            // A partition's commit does not send every follower an empty append of its own (as
+            // TiKV; the metadata group keeps doing so, see `open`): the
             // new commit index rides on the next append or heartbeat (every 100 ms, and a
             // leader only goes quiet once every follower has every entry). Under load that is
             // two messages, two wake-ups and two loop iterations fewer per commit.
@@ -718,7 +722,13 @@ impl Store {
             group.raw.mut_store().applied_to(last.index);
         }
         if matches!(&group.kind, Kind::Partition(replica) if replica.repair_to.is_some()) {
-            group.deferred.extend_from_slice(entries);
+            // Copied: an entry decoded from the wire shares its whole received buffer (other
+            // groups' entries too), and a repair can last long enough for that to add up.
+            group.deferred.extend(entries.iter().map(|entry| Entry {
+                data: Bytes::copy_from_slice(&entry.data),
+                context: Bytes::copy_from_slice(&entry.context),
+                ..entry.clone()
+            }));
             return changes;
         }
         for entry in entries {
