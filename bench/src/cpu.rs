@@ -6,6 +6,8 @@
 
 use std::time::Instant;
 
+use crate::report::round;
+
 /// User + system CPU seconds of a process so far (`/proc/<pid>/stat`; `pid` may be `self`).
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
     cpu_seconds_of(&format!("/proc/{pid}/stat"))
@@ -56,6 +58,11 @@ impl Sample {
     }
 }
 
+/// Cores busy in all, over a [`Sample::cores_since`] list.
+pub fn total(cores: &[(String, f64)]) -> f64 {
+    cores.iter().map(|(_, busy)| busy).sum()
+}
+
 /// Core-seconds spent per GiB moved, and the throughput (MiB/s) at which that cost would keep
 /// every one of `cores` busy.
 pub fn cost_and_ceiling(busy_cores: f64, mib_s: f64, cores: usize) -> Option<(f64, f64)> {
@@ -81,12 +88,19 @@ pub fn ceiling_summary(busy_cores: f64, mib_s: f64, cores: usize) -> String {
     }
 }
 
+/// The cost and ceiling as JSON figures (`cpu_core_s_per_gib`, `cpu_ceiling_mib_s`; null when
+/// unknown).
+pub fn json_figures(busy_cores: f64, mib_s: f64, cores: usize) -> (Option<f64>, Option<f64>) {
+    cost_and_ceiling(busy_cores, mib_s, cores)
+        .map_or((None, None), |(cost, ceiling)| (Some(round(cost, 2)), Some(round(ceiling, 1))))
+}
+
 /// `"1.07 = n1 leader 0.80 + client 0.27"`.
 pub fn summary(cores: &[(String, f64)]) -> String {
     if cores.is_empty() {
         return "?".to_string();
     }
-    let total: f64 = cores.iter().map(|(_, busy)| busy).sum();
+    let total = total(cores);
     let parts: Vec<String> = cores.iter().map(|(name, busy)| format!("{name} {busy:.2}")).collect();
     format!("{total:.2} = {}", parts.join(" + "))
 }

@@ -113,7 +113,7 @@ impl LoadRun {
     }
 
     fn busy_cores(&self) -> f64 {
-        self.cpu.iter().map(|(_, busy)| busy).sum()
+        cpu::total(&self.cpu)
     }
 }
 
@@ -496,7 +496,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut work = tempfile::Builder::new().prefix("kafka-").tempdir_in(&base)?;
     // --keep keeps the directory with the node logs, also when the run fails.
     work.disable_cleanup(args.keep);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cpu::available();
     println!("bench kafka");
     println!("  node binary: {}", binary.display());
     println!("  directory  : {} ({})", work.path().display(), disk::filesystem_of(work.path()));
@@ -580,6 +580,7 @@ pub fn run(args: Args) -> Result<()> {
     table.print();
 
     let figures = |run: &LoadRun| {
+        let (cost, ceiling) = cpu::json_figures(run.busy_cores(), run.mib_s(), cores);
         json!({
             "mib_s": round(run.mib_s(), 1),
             "records_s": round(per_s(run.records, run.elapsed), 0),
@@ -591,8 +592,8 @@ pub fn run(args: Args) -> Result<()> {
             "e2e_p999_ms": round(run.end_to_end.p999.as_secs_f64() * 1e3, 3),
             "errors": run.errors,
             "cpu_cores": round(run.busy_cores(), 2),
-            "cpu_core_s_per_gib": cpu::cost_and_ceiling(run.busy_cores(), run.mib_s(), cores).map(|(c, _)| round(c, 2)),
-            "cpu_ceiling_mib_s": cpu::cost_and_ceiling(run.busy_cores(), run.mib_s(), cores).map(|(_, m)| round(m, 1)),
+            "cpu_core_s_per_gib": cost,
+            "cpu_ceiling_mib_s": ceiling,
         })
     };
     json_line(&json!({

@@ -129,7 +129,7 @@ pub fn run(args: Args) -> Result<()> {
     // --keep keeps it also when the run fails: that is when the logs matter most.
     work.disable_cleanup(args.keep);
     let filesystem = disk::filesystem_of(work.path());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cpu::available();
     println!("bench replicated");
     println!("  node binary: {}", binary.display());
     println!("  directory  : {}", work.path().display());
@@ -283,6 +283,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let micros_ms = |d: Duration| round(d.as_secs_f64() * 1e3, 3);
     let phase_json = |phase: &Phase| {
+        let (cost, ceiling) = cpu::json_figures(phase.busy_cores(), phase.mib_s(), cores);
         json!({
             "mib_s": round(phase.mib_s(), 1),
             "records_s": round(phase.records_s(), 0),
@@ -302,8 +303,8 @@ pub fn run(args: Args) -> Result<()> {
             "server_commit_share_le_10ms": round(phase.leader_diff.commit_share_within_10ms(), 4),
             "leader_store_loop_cores": phase.store_loop.map(|cores| round(cores, 2)),
             "leader_raft_engine_write_share": round(phase.leader_diff.write_seconds / phase.run.elapsed.as_secs_f64(), 3),
-            "cpu_core_s_per_gib": cpu::cost_and_ceiling(phase.busy_cores(), phase.mib_s(), cores).map(|(c, _)| round(c, 2)),
-            "cpu_ceiling_mib_s": cpu::cost_and_ceiling(phase.busy_cores(), phase.mib_s(), cores).map(|(_, m)| round(m, 1)),
+            "cpu_core_s_per_gib": cost,
+            "cpu_ceiling_mib_s": ceiling,
             "cpu_cores": phase.cpu.iter().map(|(name, cores)| (name.clone(), json!(round(*cores, 2)))).collect::<serde_json::Map<_, _>>(),
         })
     };
@@ -560,7 +561,7 @@ impl Phase {
     }
 
     fn busy_cores(&self) -> f64 {
-        self.cpu.iter().map(|(_, busy)| busy).sum()
+        cpu::total(&self.cpu)
     }
 
     /// Calls slower than [`SLOW_CALL`].

@@ -40,7 +40,9 @@ pub(crate) const INIT_INDEX: u64 = 5;
 pub(crate) const INIT_TERM: u64 = 5;
 
 /// Most bytes of unapplied entries one group keeps in memory; past it (a replica that cannot
-/// apply, say), the oldest are read from the engine again.
+/// apply, say), the oldest are read from the engine again. Counted as encoded entries: an entry
+/// decoded from the wire shares its received buffer, which stays allocated until the entry is
+/// applied (a round trip or a heartbeat later), so memory can briefly exceed this.
 const UNAPPLIED_CACHE_BYTES: usize = 64 << 20;
 
 /// Tells raft-engine how to find the index of a raft-rs entry.

@@ -329,10 +329,10 @@ impl Store {
             // found it (duplicated and reordered messages); keep batching off.
             batch_append: false,
             // A partition's commit does not send every follower an empty append of its own (as
-            // TiKV; the metadata group keeps doing so, see `open`): the
-            // new commit index rides on the next append or heartbeat (every 100 ms, and a
-            // leader only goes quiet once every follower has every entry). Under load that is
-            // two messages, two wake-ups and two loop iterations fewer per commit.
+            // TiKV; the metadata group keeps doing so, see `open`): the new commit index rides on
+            // the next append or heartbeat (every 100 ms, and a leader only goes quiet once every
+            // follower has every entry). Under load that is two messages, two wake-ups and two
+            // loop iterations fewer per commit.
             skip_bcast_commit: true,
             // A simulation fixes each node's election timeout (raft-rs draws it from an unseeded
             // generator otherwise), staggered by the configured ticks.
