@@ -12,7 +12,8 @@
 //!   a VM, whichever run first touches fresh guest memory is slowed down, and the disk is shared,
 //!   so a single measurement could flatter the log.
 //!
-//! Also [`filesystem_of`], to name the filesystem and device a path lives on.
+//! Also [`filesystem_of`], to name the filesystem and device a path lives on, and
+//! [`written_bytes`], what a process has made the kernel write to storage.
 
 use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
 use std::fs::{File, OpenOptions};
@@ -285,6 +286,17 @@ pub fn filesystem_of(path: &Path) -> String {
         .map_or_else(|| "unknown".to_string(), |(_, description)| description)
 }
 
+/// Bytes a process (`pid`, or `self`) has caused to be written to storage so far: its page-cache
+/// writes and direct writes (`write_bytes` of `/proc/<pid>/io`), less those it cancelled by
+/// truncating or deleting dirty pages. `None` without I/O accounting or access to the process.
+pub fn written_bytes(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        io.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+    };
+    Some(field("write_bytes")?.saturating_sub(field("cancelled_write_bytes")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +318,16 @@ mod tests {
     #[test]
     fn filesystem_of_root_is_known() {
         assert_ne!(filesystem_of(Path::new("/")), "unknown");
+    }
+
+    #[test]
+    fn a_synced_write_counts_as_written() {
+        // Beside the sources, not in /tmp: a tmpfs never writes to storage.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let before = written_bytes("self").expect("I/O accounting");
+        let file = File::create(dir.path().join("f")).unwrap();
+        file.write_all_at(&vec![7u8; 1 << 20], 0).unwrap();
+        file.sync_data().unwrap();
+        assert!(written_bytes("self").unwrap() >= before + (1 << 20));
     }
 }

@@ -283,6 +283,11 @@ impl LocalCluster {
 
     /// The leader of `topic`'s partition 0, confirmed by the leader itself (`except`: not that node).
     pub async fn leader(&mut self, topic: &str, except: Option<u64>) -> Result<u64> {
+        self.partition_leader(topic, 0, except).await
+    }
+
+    /// The leader of one partition of `topic`, confirmed by the leader itself (`except`: not that node).
+    pub async fn partition_leader(&mut self, topic: &str, partition: u32, except: Option<u64>) -> Result<u64> {
         let deadline = Instant::now() + WAIT_MAX;
         while Instant::now() < deadline {
             self.check_alive()?;
@@ -291,13 +296,14 @@ impl LocalCluster {
                     continue;
                 }
                 let Ok(topic) = self.client_of(node.id).describe_topic(topic).await else { continue };
-                if topic.partitions.first().and_then(|p| p.leader) == Some(node.id) {
+                let described = topic.partitions.iter().find(|p| p.partition == partition);
+                if described.and_then(|p| p.leader) == Some(node.id) {
                     return Ok(node.id);
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        bail!("the partition has no leader after {} s", WAIT_MAX.as_secs())
+        bail!("partition {partition} has no leader after {} s", WAIT_MAX.as_secs())
     }
 }
 
