@@ -16,7 +16,8 @@
 //!      resolution).
 //!    * **half**: the same, paced at half the max throughput: the latency target's condition.
 //!    * **keyed**: one record per batch (`linger.ms=0`), keys drawn from `--keys`, the
-//!      workload where per-partition consensus pays per request.
+//!      workload where per-partition consensus pays per request. With several partitions each
+//!      connection sends its keys to its own partition, not by key hash as a Kafka client would.
 //!
 //!    For every workload, the cores each node and the load generator kept busy and the bytes
 //!    the nodes wrote to storage (`/proc/<pid>/io`), both over the timed window.
@@ -145,8 +146,10 @@ impl LoadRun {
 }
 
 /// The sum of [`disk::written_bytes`] over `processes`, if every one could be read.
+/// The sum of [`disk::written_bytes`] over the nodes among `processes` (the load generator,
+/// `self`, writes nothing to the disk and does not count), if every one could be read.
 fn written_by(processes: &[(String, String)]) -> Option<u64> {
-    processes.iter().map(|(_, pid)| disk::written_bytes(pid)).sum()
+    processes.iter().filter(|(_, pid)| pid != "self").map(|(_, pid)| disk::written_bytes(pid)).sum()
 }
 
 /// What each produce request carries.
@@ -516,18 +519,12 @@ fn print_run(label: &str, run: &LoadRun) {
     println!("          disk: {}", written_summary(run));
 }
 
-async fn run_cluster(
-    cluster: &mut LocalCluster,
-    nodes: u64,
-    args: &Args,
-    pool: &Arc<Vec<PooledBatch>>,
-) -> Result<ClusterRun> {
-    cluster.wait_ready().await?;
-    let client = cluster.client(None);
-    client.create_topic(TOPIC, args.partitions, nodes as u32).await.context("creating the topic")?;
+/// Each partition's leader and its Kafka listener, once the listener answers; prints them when
+/// there are several partitions.
+async fn partition_leaders(cluster: &mut LocalCluster, partitions: u32) -> Result<(Vec<u64>, Vec<Target>)> {
     let mut leaders = Vec::new();
     let mut targets = Vec::new();
-    for partition in 0..args.partitions {
+    for partition in 0..partitions {
         let leader = cluster.partition_leader(TOPIC, partition, None).await?;
         let target = Target { partition: partition as i32, address: cluster.node(leader).kafka.clone() };
         // The Kafka listener answers once the node runs; wait for it.
@@ -541,9 +538,22 @@ async fn run_cluster(
         leaders.push(leader);
         targets.push(target);
     }
-    if args.partitions > 1 {
+    if partitions > 1 {
         println!("   partition leaders: {}", leaders.iter().map(|l| format!("n{l}")).collect::<Vec<_>>().join(", "));
     }
+    Ok((leaders, targets))
+}
+
+async fn run_cluster(
+    cluster: &mut LocalCluster,
+    nodes: u64,
+    args: &Args,
+    pool: &Arc<Vec<PooledBatch>>,
+) -> Result<ClusterRun> {
+    cluster.wait_ready().await?;
+    let client = cluster.client(None);
+    client.create_topic(TOPIC, args.partitions, nodes as u32).await.context("creating the topic")?;
+    let (leaders, mut targets) = partition_leaders(cluster, args.partitions).await?;
     let processes: Vec<(String, String)> = (1..=nodes)
         .filter_map(|id| {
             let led = leaders.iter().filter(|l| **l == id).count();
@@ -562,11 +572,15 @@ async fn run_cluster(
     let max =
         load(&targets, &processes, batches.clone(), args.connections, args.in_flight, None, warmup, timed).await?;
     print_run("max", &max);
+    ensure!(max.bytes > 0, "the max workload got no acknowledgement");
     let half_rate = max.bytes as f64 / max.elapsed.as_secs_f64() / 2.0;
+    // Leadership may have moved in between (preferred-leader balancing): ask again each time.
+    (_, targets) = partition_leaders(cluster, args.partitions).await?;
     let half =
         load(&targets, &processes, batches, args.connections, args.in_flight, Some(half_rate), warmup, timed).await?;
     print_run("half", &half);
     let keyed_workload = Workload::Keyed { keys: args.keys, record_bytes: args.record_bytes };
+    (_, targets) = partition_leaders(cluster, args.partitions).await?;
     let keyed =
         load(&targets, &processes, keyed_workload, args.connections, args.in_flight, None, warmup, timed).await?;
     print_run("keyed", &keyed);
@@ -579,10 +593,7 @@ pub fn run(args: Args) -> Result<()> {
         args.seconds > 0.0 && args.connections > 0 && args.in_flight > 0 && args.partitions > 0,
         "nothing to measure"
     );
-    ensure!(
-        !args.clusters.is_empty() && args.clusters.iter().all(|n| [1, 3].contains(n)),
-        "--clusters takes 1, 3 or 1,3"
-    );
+    ensure!(matches!(args.clusters.as_slice(), [1] | [3] | [1, 3]), "--clusters takes 1, 3 or 1,3");
     let binary = match &args.robustmq {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.parent().context("the bench binary has no directory")?.join("robustmq"),
@@ -650,7 +661,9 @@ pub fn run(args: Args) -> Result<()> {
     println!();
     let mut table = Table::default();
     for (nodes, run) in &runs {
-        let label = if *nodes == 1 { "1 node".to_string() } else { format!("{nodes} nodes") };
+        let partitions =
+            if args.partitions == 1 { "1 partition".to_string() } else { format!("{} partitions", args.partitions) };
+        let label = if *nodes == 1 { format!("1 node, {partitions}") } else { format!("{nodes} nodes, {partitions}") };
         let target = if *nodes == 1 { TARGET_RF1_MIB_S } else { TARGET_RF3_MIB_S };
         table.target(
             &format!("{label}, acks=all, MiB/s"),

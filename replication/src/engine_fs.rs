@@ -2,17 +2,9 @@
 //! was fsynced, so the simulation can crash a node the way a power cut would — every byte
 //! written after the file's last sync is lost (`lose_unsynced`). In production the record is
 //! a couple of atomic stores per write and is never used.
-//!
-//! Once a range is fsynced, its pages are also dropped from the page cache
-//! (`POSIX_FADV_DONTNEED`). The Raft log is written once and read back rarely (a follower far
-//! behind, a restart), so its pages would only displace useful ones; and the freed pages are
-//! the next write's, still mapped. On a VM whose host reclaims the guest's free memory, writing
-//! into fresh pages costs several times the copy (see `docs/benchmarks.md`).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Result, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,9 +12,6 @@ use std::sync::{Arc, Mutex};
 use raft_engine::env::{DefaultFileSystem, FileSystem, Handle, Permission, WriteExt};
 
 type Inner = DefaultFileSystem;
-
-/// Page size assumed for dropping cached pages (a larger real one only means some stay cached).
-const PAGE: usize = 4096;
 
 /// How far a file was written, and how far of that is known durable.
 #[derive(Debug, Default)]
@@ -81,44 +70,12 @@ impl NodeFileSystem {
 pub(crate) struct NodeHandle {
     inner: Arc<<Inner as FileSystem>::Handle>,
     state: Arc<FileState>,
-    /// The same file, for dropping synced pages from the page cache (raft-engine's own handle
-    /// does not expose its descriptor). `None` if it could not be opened: nothing is dropped.
-    advice: Option<File>,
-    /// Bytes from the start of the file whose pages were dropped already.
-    dropped: AtomicUsize,
-}
-
-impl NodeHandle {
-    fn new(inner: Arc<<Inner as FileSystem>::Handle>, state: Arc<FileState>, path: &Path) -> NodeHandle {
-        let advice = File::open(path).ok();
-        NodeHandle { inner, state, advice, dropped: AtomicUsize::new(0) }
-    }
-
-    /// Drops the whole pages of `..synced` not dropped yet (the partly written last page stays
-    /// for the next call). Only advice: a failure changes nothing.
-    fn drop_cached(&self, synced: usize) {
-        let Some(file) = &self.advice else { return };
-        let upto = synced / PAGE * PAGE;
-        let from = self.dropped.fetch_max(upto, Ordering::AcqRel);
-        if upto > from {
-            // SAFETY: the descriptor is open for as long as `file` lives; fadvise reads nothing else.
-            unsafe {
-                libc::posix_fadvise(
-                    file.as_raw_fd(),
-                    from as libc::off_t,
-                    (upto - from) as libc::off_t,
-                    libc::POSIX_FADV_DONTNEED,
-                );
-            }
-        }
-    }
 }
 
 impl Handle for NodeHandle {
     fn truncate(&self, offset: usize) -> Result<()> {
         self.inner.truncate(offset)?;
         self.state.cut(offset);
-        self.dropped.fetch_min(offset, Ordering::AcqRel);
         Ok(())
     }
 
@@ -130,7 +87,6 @@ impl Handle for NodeHandle {
         let written = self.state.written.load(Ordering::Acquire);
         self.inner.sync()?;
         self.state.synced.fetch_max(written, Ordering::AcqRel);
-        self.drop_cached(written);
         Ok(())
     }
 }
@@ -198,7 +154,7 @@ impl FileSystem for NodeFileSystem {
     fn create<P: AsRef<Path>>(&self, path: P) -> Result<NodeHandle> {
         let inner = Arc::new(self.inner.create(path.as_ref())?);
         let state = self.track(path.as_ref(), FileState::default());
-        Ok(NodeHandle::new(inner, state, path.as_ref()))
+        Ok(NodeHandle { inner, state })
     }
 
     fn open<P: AsRef<Path>>(&self, path: P, permission: Permission) -> Result<NodeHandle> {
@@ -212,7 +168,7 @@ impl FileSystem for NodeFileSystem {
                 self.track(path.as_ref(), FileState { written: AtomicUsize::new(size), synced: AtomicUsize::new(size) })
             }
         };
-        Ok(NodeHandle::new(inner, state, path.as_ref()))
+        Ok(NodeHandle { inner, state })
     }
 
     fn delete<P: AsRef<Path>>(&self, path: P) -> Result<()> {
@@ -237,46 +193,5 @@ impl FileSystem for NodeFileSystem {
     fn new_writer(&self, handle: Arc<NodeHandle>) -> Result<NodeWriter> {
         let inner = self.inner.new_writer(handle.inner.clone())?;
         Ok(NodeWriter { inner, state: handle.state.clone(), position: 0 })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Pages of `path` in the page cache (`mincore` over a mapping of the whole file).
-    fn resident_pages(path: &Path) -> usize {
-        let file = File::open(path).unwrap();
-        let len = file.metadata().unwrap().len() as usize;
-        let mut pages = vec![0u8; len.div_ceil(PAGE)];
-        // SAFETY: a read-only shared mapping of an open file, unmapped before returning; mincore
-        // writes one byte per page into a vector of that many bytes.
-        unsafe {
-            let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
-            assert_ne!(map, libc::MAP_FAILED);
-            assert_eq!(libc::mincore(map, len, pages.as_mut_ptr()), 0);
-            libc::munmap(map, len);
-        }
-        pages.iter().filter(|page| *page & 1 == 1).count()
-    }
-
-    #[test]
-    fn synced_pages_leave_the_page_cache_and_read_back_the_same() {
-        // Beside the sources, not in /tmp: a tmpfs keeps every page whatever it is told.
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let path = dir.path().join("0000000000000001.raftlog");
-        let file_system = NodeFileSystem::default();
-        let handle = Arc::new(file_system.create(&path).unwrap());
-        let mut writer = file_system.new_writer(handle.clone()).unwrap();
-        let data: Vec<u8> = (0..(1u32 << 20) + 100).map(|i| (i % 251) as u8).collect();
-        writer.write_all(&data).unwrap();
-        assert!(resident_pages(&path) >= 256, "written pages are cached until synced");
-
-        handle.sync().unwrap();
-        assert!(resident_pages(&path) <= 1, "only the partly written last page may stay");
-
-        let mut back = Vec::new();
-        file_system.new_reader(handle).unwrap().read_to_end(&mut back).unwrap();
-        assert_eq!(back, data);
     }
 }
