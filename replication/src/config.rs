@@ -56,6 +56,9 @@ pub struct ReplicationConfig {
     pub segment_bytes: u64,
     /// Bound of the store loop's inbox; when full, proposals get `Overloaded`.
     pub inbox_capacity: usize,
+    /// Size at which raft-engine starts a new file. Small in the deterministic simulation, so
+    /// file rotation runs under its crashes too.
+    pub raft_file_bytes: u64,
     /// Randomise election timeouts (Raft's defence against split votes). Only the
     /// deterministic simulation turns this off, staggering `election_ticks` per node instead.
     pub randomized_elections: bool,
@@ -92,6 +95,7 @@ impl Default for ReplicationConfig {
             batch_bytes_max: 1024 * 1024 + 12,
             segment_bytes: 1 << 30,
             inbox_capacity: 8192,
+            raft_file_bytes: 128 << 20,
             randomized_elections: true,
         }
     }

@@ -137,6 +137,8 @@ impl Simulation {
                     flush_interval_ms: 0,
                     log_retained_entries: u64::MAX,
                     randomized_elections: false,
+                    // Rotate raft-engine files every few dozen entries.
+                    raft_file_bytes: 64 << 10,
                     ..ReplicationConfig::default()
                 };
                 (id, SimNode { config, sent: Arc::default(), file_system: Arc::default(), running: None })
@@ -448,6 +450,16 @@ impl Simulation {
             self.cuts
         );
         assert!(self.acknowledged.len() > 20, "seed {}: too few appends were acknowledged to mean anything", self.seed);
+        let raft_files = |node: &SimNode| {
+            std::fs::read_dir(node.config.data_dir.join("raft")).map_or(0, |files| {
+                files.flatten().filter(|file| file.file_name().to_string_lossy().ends_with(".raftlog")).count()
+            })
+        };
+        assert!(
+            self.nodes.values().any(|node| raft_files(node) > 1),
+            "seed {}: raft-engine never started a second file, so no crash hit a rotation",
+            self.seed
+        );
         for partition in 0..PARTITIONS {
             let logs = self.logs(partition);
             assert_eq!(logs.len(), NODES as usize, "seed {}: every node holds a replica", self.seed);

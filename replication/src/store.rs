@@ -240,6 +240,7 @@ impl Store {
             dir: raft_dir.to_string_lossy().into_owned(),
             // Batches are mostly already-compressed record batches: do not compress again.
             batch_compression_threshold: raft_engine::ReadableSize(0),
+            target_file_size: raft_engine::ReadableSize(config.raft_file_bytes),
             ..raft_engine::Config::default()
         };
         let engine = Arc::new(NodeEngine::open_with_file_system(engine_config, file_system).map_err(engine_error)?);
