@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     /// The metadata group's voters as this node last applied them.
     pub metadata_voters: RwLock<Vec<u64>>,
     pub stopped: AtomicBool,
+    /// Why the store loop stopped on its own: a write to this node's storage failed (a full
+    /// disk, an I/O error) or the loop panicked. `None` while it runs or after a shutdown.
+    pub failure: tokio::sync::watch::Sender<Option<String>>,
     /// Entries each follower is behind, for groups this node leads: (group, follower) → lag.
     pub follower_lag: RwLock<BTreeMap<(GroupId, NodeId), u64>>,
     pub topic_defaults: TopicDefaults,
@@ -164,6 +167,20 @@ impl Cluster {
     /// Whether the store loop has stopped (shutdown or a fatal Raft log store error).
     pub fn is_stopped(&self) -> bool {
         self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// Resolves, with the reason, once the store loop has stopped because this node's storage
+    /// failed (see [`Shared::failure`]); never after a clean shutdown. The node cannot take part
+    /// in replication any more: the caller should stop the process, as a Kafka broker does when
+    /// its log directory fails, so clients and peers turn to the other nodes.
+    pub async fn storage_failed(&self) -> String {
+        let mut failure = self.shared.failure.subscribe();
+        let reason = failure.wait_for(Option::is_some).await.map(|reason| reason.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
+            // The sender lives in `Shared`, which this handle keeps alive.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Status of a partition replica held by this node, `None` if it holds none.

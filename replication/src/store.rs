@@ -189,9 +189,21 @@ pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
     let transport = Transport::start(&config, runtime.clone(), inbox.clone());
     let file_system = Arc::new(NodeFileSystem::default());
     let (store, shared) = Store::open(config, Box::new(transport), Some(runtime), (inbox, receiver), file_system)?;
+    let loop_shared = shared.clone();
     std::thread::Builder::new()
         .name("store-loop".into())
-        .spawn(move || store.run())
+        .spawn(move || {
+            // raft-engine panics when an fsync fails ("in case of data loss"): the node must stop
+            // then, not go on answering as if it still replicated.
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || store.run())) {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                fail(&loop_shared, format!("the store loop panicked: {reason}"));
+            }
+        })
         .map_err(|e| Error::Engine(format!("cannot start the store loop: {e}")))?;
     Ok((Cluster::new(shared.clone()), RaftService::new(shared)))
 }
@@ -256,6 +268,7 @@ impl Store {
             metadata_applied: AtomicU64::new(0),
             metadata_truncated: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            failure: tokio::sync::watch::Sender::new(None),
             follower_lag: RwLock::new(BTreeMap::new()),
             topic_defaults: TopicDefaults {
                 segment_bytes: config.segment_bytes,
@@ -422,8 +435,12 @@ impl Store {
                 }
             }
             if let Err(error) = self.process_readies() {
-                error!(%error, "the Raft log store failed; stopping the node's store loop");
-                self.shared.stopped.store(true, Ordering::Release);
+                fail(&self.shared, format!("the Raft log store failed: {error}"));
+                return;
+            }
+            if let Some(reason) = self.shared.failure.borrow().clone() {
+                // A partition log could not be written (see `storage_failure`).
+                fail(&self.shared, reason);
                 return;
             }
             if let Some(done) = shutdown {
@@ -660,7 +677,7 @@ impl Store {
                     }
                     Ok(None) => {}
                     Err(error) => {
-                        error!(group = id, %error, "flushing a partition log failed; the replica stops applying");
+                        storage_failure(&self.shared, *id, "flushing", &error);
                         group.failed = true;
                     }
                 }
@@ -790,7 +807,7 @@ impl Store {
                 Kind::Partition(replica) => match replica.apply(entry) {
                     Ok(outcome) => outcome.map(|(base, last)| Applied::Offsets(base, last)),
                     Err(error) => {
-                        error!(group = id, %error, "applying to the partition log failed; the replica stops applying");
+                        storage_failure(shared, id, "applying to", &error);
                         group.failed = true;
                         Err(error)
                     }
@@ -1453,6 +1470,28 @@ fn remove_dir(dir: &Path) {
     if let Err(error) = std::fs::remove_dir_all(dir) {
         warn!(dir = %dir.display(), %error, "cannot remove a deleted partition's directory");
     }
+}
+
+/// Records that a partition log could not be written (its outer errors are I/O errors or a log
+/// poisoned by one; a refused batch is an answer, not a failure). The loop stops, and logs the
+/// first such failure, at the end of the iteration: with one data directory, the node's storage
+/// is gone, as with a failed raft-engine write.
+fn storage_failure(shared: &Shared, group: u64, doing: &str, error: &Error) {
+    shared.failure.send_if_modified(|failure| {
+        let first = failure.is_none();
+        if first {
+            *failure = Some(format!("{doing} the partition log of group {group} failed: {error}"));
+        }
+        first
+    });
+}
+
+/// Stops the node's replication for good: logged once, then [`Cluster::storage_failed`]
+/// resolves and new requests find the loop gone.
+fn fail(shared: &Shared, reason: String) {
+    error!(%reason, "this node's storage failed; stopping its store loop");
+    shared.stopped.store(true, Ordering::Release);
+    shared.failure.send_replace(Some(reason));
 }
 
 /// Sends a message to the store loop without blocking: a full inbox is backpressure.

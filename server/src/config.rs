@@ -40,6 +40,8 @@ pub struct RaftSettings {
     /// A leader that is not its partition's preferred replica hands leadership back after this
     /// long (once the preferred replica is caught up); 0 turns it off.
     pub leader_balance_after_ms: u64,
+    /// Size at which raft-engine starts a new file of the Raft log.
+    pub log_file_bytes: u64,
 }
 
 impl Default for RaftSettings {
@@ -54,6 +56,7 @@ impl Default for RaftSettings {
             log_retained_entries: defaults.log_retained_entries,
             metadata_log_compact_entries: defaults.metadata_log_compact_entries,
             leader_balance_after_ms: defaults.leader_balance_after_ms,
+            log_file_bytes: defaults.raft_file_bytes,
         }
     }
 }
@@ -286,6 +289,9 @@ impl NodeConfig {
         if self.raft.metadata_log_compact_entries == 0 {
             bail!("raft.metadata_log_compact_entries must be > 0");
         }
+        if self.raft.log_file_bytes < 64 << 10 {
+            bail!("raft.log_file_bytes must be at least 65536");
+        }
         Ok(replication::ReplicationConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
@@ -300,6 +306,7 @@ impl NodeConfig {
             log_retained_entries: self.raft.log_retained_entries,
             metadata_log_compact_entries: self.raft.metadata_log_compact_entries,
             leader_balance_after_ms: self.raft.leader_balance_after_ms,
+            raft_file_bytes: self.raft.log_file_bytes,
             batch_bytes_max: self.batch_bytes_max,
             ..replication::ReplicationConfig::default()
         })

@@ -24,7 +24,7 @@ const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(2);
 /// their own, so this is also how long the listener lingers.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs the node until a shutdown signal.
+/// Runs the node until a shutdown signal, or until its storage fails (then returns the error).
 pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     // Installed first: a SIGTERM that arrives while the node starts still stops it gracefully.
     let shutdown = shutdown_signal()?;
@@ -100,7 +100,16 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     }
     let registration = tokio::spawn(register_endpoints(cluster.clone(), config.own_grpc()?, endpoints));
 
-    shutdown.await;
+    tokio::select! {
+        () = shutdown => {}
+        reason = cluster.storage_failed() => {
+            // Logged by the store loop. Nothing can be replicated or acknowledged any more, so
+            // the process ends and clients and peers turn to the other nodes.
+            registration.abort();
+            let _ = stop_sender.send(true);
+            anyhow::bail!("this node's storage failed ({reason}); the node stopped");
+        }
+    }
     registration.abort();
     info!("shutdown signal received: handing leadership over, then finishing in-flight requests");
     cluster.hand_off_leadership(HAND_OFF_TIMEOUT).await;

@@ -1,5 +1,6 @@
 //! Real `robustmq` node processes on loopback: start, kill -9, stop, restart.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +17,9 @@ pub struct Node {
     child: Option<Child>,
     starts: u32,
     join: bool,
+    /// Caps every file the process writes at this many bytes (`RLIMIT_FSIZE`, with `SIGXFSZ`
+    /// ignored): a write past it fails with EFBIG, as one fails with ENOSPC on a full disk.
+    pub file_bytes_limit: Option<u64>,
 }
 
 /// A cluster of node processes that are all killed when it is dropped.
@@ -39,6 +43,7 @@ impl Node {
             child: None,
             starts: 0,
             join,
+            file_bytes_limit: None,
         }
     }
 }
@@ -138,7 +143,44 @@ impl TestCluster {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(limit) = node.file_bytes_limit {
+            // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs between fork
+            // and exec. An ignored signal stays ignored across exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
         node.child = Some(command.spawn().unwrap());
+    }
+
+    /// Node `id`'s exit status if it has exited on its own (it is then no longer running).
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[(id - 1) as usize];
+        let status = node.child.as_mut()?.try_wait().unwrap()?;
+        node.child = None;
+        Some(status)
+    }
+
+    /// Waits up to `timeout` for node `id` to exit on its own; its exit status.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let node = &mut self.nodes[(id - 1) as usize];
+        let child = node.child.as_mut().expect("the node runs");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                node.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: no flush, no goodbye.

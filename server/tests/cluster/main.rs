@@ -12,3 +12,4 @@ mod membership;
 mod quorum;
 mod rebalance;
 mod repair;
+mod storage_failure;
