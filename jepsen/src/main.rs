@@ -21,7 +21,7 @@ struct Cli {
     /// Comma-separated fault kinds: kill, pause, partition, disk (kill -9 and lose every
     /// unflushed partition-log byte), delay, loss, clock (libfaketime), membership (remove,
     /// wipe and re-add a node; needs 4+ nodes), bitflip and truncate (damage a partition log's
-    /// tail, fsynced data included).
+    /// tail, fsynced data included), full (a node's disk fills: it must stop on its own).
     #[arg(long, default_value = "kill,pause", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Node processes.

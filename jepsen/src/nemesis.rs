@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ::tests::cluster::LocalCluster;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::net::Network;
 use crate::proxy::Proxies;
@@ -23,6 +23,8 @@ use crate::run::{Options, Rng};
 
 /// Where libfaketime lives on Debian (package `faketime`).
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// Files of a node under the `full` fault cannot grow past this.
+const FULL_FILE_BYTES: u64 = 1 << 20;
 /// How long a removed node's replicas may take to move away before the node is re-added
 /// without being wiped.
 const REMOVAL_MAX: Duration = Duration::from_secs(60);
@@ -53,6 +55,10 @@ pub enum Nemesis {
     /// kill -9, then the newest segment of one of the node's partition logs loses up to 4 KiB
     /// of its end (fsynced data included), and the node restarts (Jepsen's `truncate-file`).
     Truncate,
+    /// The node's disk fills: every write past 1 MiB into any of its files fails from now on
+    /// (`RLIMIT_FSIZE`), so its next Raft log or partition log write fails. It must stop on its
+    /// own (exit status 1, "storage failed" in its log); it restarts with room again.
+    Full,
 }
 
 impl Nemesis {
@@ -68,8 +74,9 @@ impl Nemesis {
             "membership" | "member" => Nemesis::Membership,
             "bitflip" => Nemesis::Bitflip,
             "truncate" => Nemesis::Truncate,
+            "full" => Nemesis::Full,
             other => bail!(
-                "unknown nemesis {other:?} (kill, pause, partition, disk, delay, loss, clock, membership, bitflip, truncate)"
+                "unknown nemesis {other:?} (kill, pause, partition, disk, delay, loss, clock, membership, bitflip, truncate, full)"
             ),
         })
     }
@@ -237,6 +244,10 @@ pub async fn run(
                 cluster.kill(node)?;
                 damage(&cluster.node(node).dir, kind, &mut rng)?
             }
+            Nemesis::Full => {
+                cluster.limit_file_size(node, Some(FULL_FILE_BYTES))?;
+                "disk full".to_string()
+            }
         };
         tokio::time::sleep(Duration::from_millis(1000 + rng.below(4000))).await;
         match kind {
@@ -246,12 +257,32 @@ pub async fn run(
             Nemesis::Clock => set_clock(&data, node, 0)?,
             Nemesis::Membership if membership_removed => what.push_str(&add_again(cluster, node).await?),
             Nemesis::Membership => {}
+            Nemesis::Full => what.push_str(&refill(cluster, node)?),
         }
         faults.push(Fault { kind: what, node, start_ms: ms(began), end_ms: ms(Instant::now()) });
         // A node that exited on its own (a crash) ends the faults here, with its log's tail.
         cluster.check_alive()?;
     }
     Ok(())
+}
+
+/// Ends a `full` fault: a node that stopped must have stopped as a node whose storage failed
+/// does; it restarts with room again. One that wrote nothing meanwhile gets its room back.
+fn refill(cluster: &mut LocalCluster, node: u64) -> Result<String> {
+    match cluster.exited(node)? {
+        Some((status, tail)) => {
+            ensure!(
+                status.code() == Some(1) && tail.contains("storage failed"),
+                "node {node} ended with {status} on a full disk instead of stopping as a node whose storage failed; its log ends:\n{tail}"
+            );
+            cluster.spawn(node)?;
+            Ok(": the node stopped (exit 1), restarted with room".to_string())
+        }
+        None => {
+            cluster.limit_file_size(node, None)?;
+            Ok(": the node wrote nothing past the cap; room given back".to_string())
+        }
+    }
 }
 
 /// After a failed fault step: heals every link and clock, resumes and restarts every node, so

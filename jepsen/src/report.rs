@@ -169,7 +169,7 @@ fn timeline(history: &[Event], faults: &[Fault], limit: Duration) -> String {
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>jepsen timeline</title></head><body>
 <h3>Send latency over time (log scale, max {max_latency:.0} ms; every {stride}. send drawn)</h3>
-<p>Shaded: faults (red kill/disk/bitflip/truncate, purple pause, blue partition/delay/loss, orange clock, green membership); hover for details.</p>
+<p>Shaded: faults (red kill/disk/bitflip/truncate/full, purple pause, blue partition/delay/loss, orange clock, green membership); hover for details.</p>
 <svg width="{width}" height="{height}" style="border:1px solid #ccc">{shading}{points}</svg>
 <h3>Acknowledged sends per second (peak {peak:.0})</h3>
 <svg width="{width}" height="{throughput_height}" style="border:1px solid #ccc">{shading}{throughput}</svg>

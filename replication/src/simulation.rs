@@ -137,8 +137,9 @@ impl Simulation {
                     flush_interval_ms: 0,
                     log_retained_entries: u64::MAX,
                     randomized_elections: false,
-                    // Rotate raft-engine files every few dozen entries.
-                    raft_file_bytes: 64 << 10,
+                    // Rotate raft-engine files every few dozen entries (a run writes some
+                    // 100 KiB per node; one with many crashes, less).
+                    raft_file_bytes: 8 << 10,
                     ..ReplicationConfig::default()
                 };
                 (id, SimNode { config, sent: Arc::default(), file_system: Arc::default(), running: None })

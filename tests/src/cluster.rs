@@ -227,6 +227,31 @@ impl LocalCluster {
         }
     }
 
+    /// Caps every file node `id` writes at `bytes` from now on (`RLIMIT_FSIZE` of the running
+    /// process; `None` lifts the cap): a write past it fails with EFBIG, as on a full disk (the
+    /// node ignores `SIGXFSZ`).
+    pub fn limit_file_size(&self, id: u64, bytes: Option<u64>) -> Result<()> {
+        let pid = self.pid(id).with_context(|| format!("node {id} is not running"))?;
+        let limit = bytes.unwrap_or(libc::RLIM_INFINITY);
+        let limit = libc::rlimit { rlim_cur: limit, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: prlimit reads `limit` and writes nothing (no old-limit pointer).
+        let result = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+        ensure!(result == 0, "prlimit on node {id}: {}", std::io::Error::last_os_error());
+        Ok(())
+    }
+
+    /// Node `id`'s exit status and the tail of its log, if it has exited on its own (it then
+    /// counts as not running).
+    pub fn exited(&mut self, id: u64) -> Result<Option<(std::process::ExitStatus, String)>> {
+        let node = &mut self.nodes[(id - 1) as usize];
+        let Some(child) = &mut node.child else { return Ok(None) };
+        let Some(status) = child.try_wait()? else { return Ok(None) };
+        node.child = None;
+        let log = std::fs::read_to_string(node.dir.with_extension(format!("log{}", node.starts))).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        Ok(Some((status, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))))
+    }
+
     /// Fails if a node that should run has exited, naming its log.
     pub fn check_alive(&mut self) -> Result<()> {
         for node in &mut self.nodes {

@@ -17,8 +17,8 @@ pub struct Node {
     child: Option<Child>,
     starts: u32,
     join: bool,
-    /// Caps every file the process writes at this many bytes (`RLIMIT_FSIZE`, with `SIGXFSZ`
-    /// ignored): a write past it fails with EFBIG, as one fails with ENOSPC on a full disk.
+    /// Caps every file the process writes at this many bytes (`RLIMIT_FSIZE`; the node ignores
+    /// `SIGXFSZ`): a write past it fails with EFBIG, as one fails with ENOSPC on a full disk.
     pub file_bytes_limit: Option<u64>,
 }
 
@@ -144,15 +144,13 @@ impl TestCluster {
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(limit) = node.file_bytes_limit {
-            // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs between fork
-            // and exec. An ignored signal stays ignored across exec.
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
                 command.pre_exec(move || {
                     let limit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
                     if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
                     Ok(())
                 });
             }
