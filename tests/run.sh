@@ -15,7 +15,8 @@
 #            by log-store: tests/fixtures/make_kafka_batches.py + log-store/tests/kafka_client_batches.rs
 #   jepsen   two short Jepsen runs, random seeds (printed; a failure replays with them), the
 #            histories and reports in target/jepsen/: kafka-queue (librdkafka and kafka-python
-#            clients) on 3 nodes in network namespaces under kill, pause and partition, 40 s;
+#            clients) on 3 nodes in network namespaces under kill, pause, partition and full
+#            (a disk fills), 40 s;
 #            then the native workload on 3 nodes behind the fault proxies under delay, loss,
 #            clock (libfaketime), bitflip and truncate, 25 s
 set -euo pipefail
@@ -156,7 +157,7 @@ jepsen_suite() {
     local target="${CARGO_TARGET_DIR:-target}" queue_seed=$((RANDOM * 32768 + RANDOM)) proxy_seed=$((RANDOM * 32768 + RANDOM))
     cargo build -p robustmq -p jepsen &&
         ROBUSTMQ_PYTHON="$VENV/bin/python" "$target/debug/jepsen" --workload kafka-queue \
-            --nemesis kill,pause,partition --nodes 3 --time-limit 40 --seed "$queue_seed" \
+            --nemesis kill,pause,partition,full --nodes 3 --time-limit 40 --seed "$queue_seed" \
             --robustmq "$target/debug/robustmq" --results "$target/jepsen/$queue_seed" &&
         "$target/debug/jepsen" --workload native --nemesis delay,loss,clock,bitflip,truncate --network proxy \
             --nodes 3 --time-limit 25 --seed "$proxy_seed" \

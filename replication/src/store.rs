@@ -438,7 +438,9 @@ impl Store {
                 fail(&self.shared, format!("the Raft log store failed: {error}"));
                 return;
             }
-            if let Some(reason) = self.shared.failure.borrow().clone() {
+            // Cloned out first: `fail` writes to the watch, which the borrow would block.
+            let failure = self.shared.failure.borrow().clone();
+            if let Some(reason) = failure {
                 // A partition log could not be written (see `storage_failure`).
                 fail(&self.shared, reason);
                 return;

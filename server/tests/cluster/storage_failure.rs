@@ -36,7 +36,10 @@ async fn disk_refuses_writes(extra_config: &str, cause: &str) {
     let mut exited = None;
     // 32 MiB in all, four times the cap. A refused produce may also be a timeout on a busy
     // machine: go on until the node has exited.
+    let began = std::time::Instant::now();
     for batch in 0..2_000 {
+        // A node that stops its store loop but not its process would time every produce out.
+        assert!(began.elapsed() < Duration::from_secs(90), "the node neither took the writes nor stopped");
         let values: Vec<String> = (0..16).map(|i| format!("b{batch}-r{i}-{padding}")).collect();
         let records: Vec<_> = values.iter().map(|v| client::record(None, v.as_bytes())).collect();
         match client.produce("full", 0, &records).await {
