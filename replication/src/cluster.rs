@@ -44,6 +44,9 @@ pub(crate) struct Shared {
     /// Why the store loop stopped on its own: a write to this node's storage failed (a full
     /// disk, an I/O error) or the loop panicked. `None` while it runs or after a shutdown.
     pub failure: tokio::sync::watch::Sender<Option<String>>,
+    /// The first partition-log write failure of the loop's current iteration, kept until the
+    /// loop stops on it and publishes it as `failure`.
+    pub storage_error: std::sync::Mutex<Option<String>>,
     /// Entries each follower is behind, for groups this node leads: (group, follower) → lag.
     pub follower_lag: RwLock<BTreeMap<(GroupId, NodeId), u64>>,
     pub topic_defaults: TopicDefaults,

@@ -269,6 +269,7 @@ impl Store {
             metadata_truncated: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             failure: tokio::sync::watch::Sender::new(None),
+            storage_error: std::sync::Mutex::new(None),
             follower_lag: RwLock::new(BTreeMap::new()),
             topic_defaults: TopicDefaults {
                 segment_bytes: config.segment_bytes,
@@ -438,8 +439,7 @@ impl Store {
                 fail(&self.shared, format!("the Raft log store failed: {error}"));
                 return;
             }
-            // Cloned out first: `fail` writes to the watch, which the borrow would block.
-            let failure = self.shared.failure.borrow().clone();
+            let failure = self.shared.storage_error.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(reason) = failure {
                 // A partition log could not be written (see `storage_failure`).
                 fail(&self.shared, reason);
@@ -528,6 +528,9 @@ impl Store {
                     Some(Kind::Partition(replica)) => replica.install(batches),
                     _ => Err(Error::InvalidRequest(format!("no partition group {group} here"))),
                 };
+                if let Some(error) = result.as_ref().err().filter(|error| is_storage_error(error)) {
+                    storage_failure(&self.shared, group, "writing snapshot data to", error);
+                }
                 let _ = reply.send(result);
             }
             StoreMsg::ResetLog { group, offset, reply } => {
@@ -535,6 +538,9 @@ impl Store {
                     Some(Kind::Partition(replica)) => replica.reset(offset),
                     _ => Err(Error::InvalidRequest(format!("no partition group {group} here"))),
                 };
+                if let Some(error) = result.as_ref().err().filter(|error| is_storage_error(error)) {
+                    storage_failure(&self.shared, group, "resetting", error);
+                }
                 let _ = reply.send(result);
             }
             StoreMsg::SnapshotReady { group, message } => {
@@ -779,7 +785,11 @@ impl Store {
                 // snapshot whose configuration names it (raft-rs refuses others).
                 if let Kind::Partition(replica) = &mut group.kind {
                     if let Err(error) = replica.flush_now(group.applied, group.raw.store(), batch) {
-                        error!(group = id, %error, "flushing at a configuration change failed");
+                        if is_storage_error(&error) {
+                            storage_failure(shared, id, "flushing at a configuration change", &error);
+                        } else {
+                            error!(group = id, %error, "flushing at a configuration change failed");
+                        }
                     }
                 }
                 continue;
@@ -896,7 +906,11 @@ impl Store {
                 info!(group = id, index = group.applied, next_offset, "installed a snapshot")
             }
             Err(error) => {
-                error!(group = id, %error, "cannot install a snapshot; the replica stops applying");
+                if is_storage_error(&error) {
+                    storage_failure(shared, id, "installing a snapshot into", &error);
+                } else {
+                    error!(group = id, %error, "cannot install a snapshot; the replica stops applying");
+                }
                 group.failed = true;
             }
         }
@@ -1023,7 +1037,9 @@ impl Store {
         let cleaned = group.raw.mut_store().clean(&mut batch);
         if let Err(error) = cleaned.and_then(|()| self.engine.write(&mut batch, true).map(|_| ()).map_err(engine_error))
         {
-            error!(group = id, %error, "cannot clean a dropped group from the Raft log store");
+            record_storage_failure(&self.shared, || {
+                format!("cleaning dropped group {id} from the Raft log store failed: {error}")
+            });
         }
         self.shared.partitions.write().unwrap_or_else(|p| p.into_inner()).retain(|_, handle| handle.group.0 != id);
         if let Kind::Partition(replica) = group.kind {
@@ -1175,7 +1191,9 @@ impl Store {
         group.wake();
         if !batch.is_empty() {
             if let Err(error) = self.engine.write(&mut batch, true) {
-                error!(group = id, %error, "cannot record the repaired replica's state");
+                record_storage_failure(&self.shared, || {
+                    format!("recording group {id}'s repaired state in the Raft log store failed: {error}")
+                });
             }
         }
         for change in changes {
@@ -1474,26 +1492,32 @@ fn remove_dir(dir: &Path) {
     }
 }
 
+/// Whether an error means this node's storage failed (an I/O error, a log poisoned by one, a
+/// raft-engine write), not that a request or an entry was refused.
+fn is_storage_error(error: &Error) -> bool {
+    matches!(error, Error::Log(log_store::Error::Io { .. } | log_store::Error::Poisoned { .. }) | Error::Engine(_))
+}
+
 /// Records that a partition log could not be written (its outer errors are I/O errors or a log
 /// poisoned by one; a refused batch is an answer, not a failure). The loop stops, and logs the
 /// first such failure, at the end of the iteration: with one data directory, the node's storage
 /// is gone, as with a failed raft-engine write.
 fn storage_failure(shared: &Shared, group: u64, doing: &str, error: &Error) {
-    shared.failure.send_if_modified(|failure| {
-        let first = failure.is_none();
-        if first {
-            *failure = Some(format!("{doing} the partition log of group {group} failed: {error}"));
-        }
-        first
-    });
+    record_storage_failure(shared, || format!("{doing} the partition log of group {group} failed: {error}"));
+}
+
+/// Keeps the first storage failure of the loop's iteration; the loop stops on it (`fail`).
+fn record_storage_failure(shared: &Shared, reason: impl FnOnce() -> String) {
+    shared.storage_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(reason);
 }
 
 /// Stops the node's replication for good: logged once, then [`Cluster::storage_failed`]
 /// resolves and new requests find the loop gone.
 fn fail(shared: &Shared, reason: String) {
-    error!(%reason, "this node's storage failed; stopping its store loop");
+    // Published before it is logged: the log may sit on the disk that failed.
     shared.stopped.store(true, Ordering::Release);
-    shared.failure.send_replace(Some(reason));
+    shared.failure.send_replace(Some(reason.clone()));
+    error!(%reason, "this node's storage failed; stopping its store loop");
 }
 
 /// Sends a message to the store loop without blocking: a full inbox is backpressure.

@@ -289,8 +289,10 @@ impl NodeConfig {
         if self.raft.metadata_log_compact_entries == 0 {
             bail!("raft.metadata_log_compact_entries must be > 0");
         }
-        if self.raft.log_file_bytes < 64 << 10 {
-            bail!("raft.log_file_bytes must be at least 65536");
+        if !(1 << 20..=10 << 30).contains(&self.raft.log_file_bytes) {
+            // Below, raft-engine keeps very many files open; above, it refuses to start (its
+            // purge threshold is 10 GiB).
+            bail!("raft.log_file_bytes must be between 1048576 (1 MiB) and 10737418240 (10 GiB)");
         }
         Ok(replication::ReplicationConfig {
             node_id: self.node_id,

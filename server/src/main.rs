@@ -189,8 +189,10 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            // The cause chain on one line; no backtrace for an operator's mistake.
-            eprintln!("Error: {error:#}");
+            // The cause chain on one line; no backtrace for an operator's mistake. Written
+            // without `eprintln!`, which panics when stderr cannot be written (a full disk).
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "Error: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -204,6 +206,8 @@ fn run() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(if serving { "info" } else { "warn" })),
         )
         .with_writer(std::io::stderr)
+        // A log that cannot be written (its disk is full) must not panic the node.
+        .log_internal_errors(false)
         .init();
     if serving {
         // A file-size limit (RLIMIT_FSIZE) then fails the write with EFBIG, which the node
