@@ -57,7 +57,7 @@ pub enum Nemesis {
     Truncate,
     /// The node's disk fills: every write past 1 MiB into any of its files fails from now on
     /// (`RLIMIT_FSIZE`), so its next Raft log or partition log write fails. It must stop on its
-    /// own (exit status 1, "storage failed" in its log); it restarts with room again.
+    /// own as a node whose storage failed (exit status 1); it restarts with room again.
     Full,
 }
 
@@ -257,7 +257,7 @@ pub async fn run(
             Nemesis::Clock => set_clock(&data, node, 0)?,
             Nemesis::Membership if membership_removed => what.push_str(&add_again(cluster, node).await?),
             Nemesis::Membership => {}
-            Nemesis::Full => what.push_str(&refill(cluster, node)?),
+            Nemesis::Full => what.push_str(&refill(cluster, node).await?),
         }
         faults.push(Fault { kind: what, node, start_ms: ms(began), end_ms: ms(Instant::now()) });
         // A node that exited on its own (a crash) ends the faults here, with its log's tail.
@@ -270,12 +270,12 @@ pub async fn run(
 /// does (status 1; the reason is in its log unless the log itself hit the cap); it restarts with
 /// room again. One still running after a short wait (it wrote nothing past the cap) gets its
 /// room back.
-fn refill(cluster: &mut LocalCluster, node: u64) -> Result<String> {
+async fn refill(cluster: &mut LocalCluster, node: u64) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(2);
     let exited = loop {
         match cluster.exited(node)? {
             Some(exit) => break Some(exit),
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
             None => break None,
         }
     };

@@ -33,6 +33,20 @@ pub struct Node {
     pub join: bool,
 }
 
+impl Node {
+    /// The log of the node's current (or last) process.
+    fn log(&self) -> PathBuf {
+        self.dir.with_extension(format!("log{}", self.starts))
+    }
+
+    /// The last five lines of [`Node::log`].
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
 /// Where node processes run.
 #[derive(Clone, Debug)]
 pub enum Placement {
@@ -247,9 +261,7 @@ impl LocalCluster {
         let Some(child) = &mut node.child else { return Ok(None) };
         let Some(status) = child.try_wait()? else { return Ok(None) };
         node.child = None;
-        let log = std::fs::read_to_string(node.dir.with_extension(format!("log{}", node.starts))).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        Ok(Some((status, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))))
+        Ok(Some((status, node.log_tail())))
     }
 
     /// Fails if a node that should run has exited, naming its log.
@@ -257,14 +269,11 @@ impl LocalCluster {
         for node in &mut self.nodes {
             if let Some(child) = &mut node.child {
                 if let Some(status) = child.try_wait()? {
-                    let log = node.dir.with_extension(format!("log{}", node.starts));
-                    let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                    let tail: Vec<&str> = tail.lines().rev().take(5).collect();
                     bail!(
                         "node {} exited with {status}; its log {}:\n{}",
                         node.id,
-                        log.display(),
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        node.log().display(),
+                        node.log_tail()
                     );
                 }
             }
