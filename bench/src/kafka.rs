@@ -20,7 +20,7 @@
 //!      connection sends its keys to its own partition, not by key hash as a Kafka client would.
 //!
 //!    For every workload, the cores each node and the load generator kept busy and the bytes
-//!    the nodes wrote to storage (`/proc/<pid>/io`), both over the timed window.
+//!    the disk under the nodes' data wrote (its sectors written), both over the timed window.
 //! 3. The disk limit once more (on a VM the first write to fresh blocks is slower; the higher
 //!    figure counts).
 //! 4. The table with the targets (1 node ≥ 300 MiB/s, 3 nodes ≥ 150 MiB/s, p99 produce
@@ -29,7 +29,7 @@
 //!
 //! The load generator and every node share this machine's cores; the report says how many.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -121,7 +121,7 @@ struct LoadRun {
     end_to_end: Percentiles,
     /// Cores each node and the load generator kept busy over the timed window.
     cpu: Vec<(String, f64)>,
-    /// Bytes the nodes made the kernel write to storage over the timed window.
+    /// Bytes the disk under the nodes' data wrote over the timed window.
     written: Option<u64>,
 }
 
@@ -143,13 +143,6 @@ impl LoadRun {
     fn disk_ceiling(&self, disk_mib_s: f64) -> Option<f64> {
         self.write_amplification().filter(|a| *a > 0.0).map(|a| disk_mib_s / a)
     }
-}
-
-/// The sum of [`disk::written_bytes`] over `processes`, if every one could be read.
-/// The sum of [`disk::written_bytes`] over the nodes among `processes` (the load generator,
-/// `self`, writes nothing to the disk and does not count), if every one could be read.
-fn written_by(processes: &[(String, String)]) -> Option<u64> {
-    processes.iter().filter(|(_, pid)| pid != "self").map(|(_, pid)| disk::written_bytes(pid)).sum()
 }
 
 /// What each produce request carries.
@@ -380,11 +373,13 @@ async fn consumer(target: Target, window: Arc<Window>, from: i64) -> Result<()> 
 }
 
 /// Runs one workload against every partition's leader; `processes` (name, pid) are the ones
-/// whose CPU time is measured over the timed window.
+/// whose CPU time is measured over the timed window, and `data` the nodes' data directory,
+/// whose device's writes are counted over it.
 #[allow(clippy::too_many_arguments)]
 async fn load(
     targets: &[Target],
     processes: &[(String, String)],
+    data: &Path,
     workload: Workload,
     connections: usize,
     in_flight: usize,
@@ -411,14 +406,16 @@ async fn load(
     });
     let sampling = {
         let processes = processes.to_vec();
+        let data = data.to_path_buf();
         let (from, to) = (window.timed_from, window.timed_to);
         tokio::spawn(async move {
             tokio::time::sleep_until(from.into()).await;
             let before = cpu::Sample::take(&processes);
-            let written_before = written_by(&processes);
+            let written_before = disk::device_written_bytes(&data);
             tokio::time::sleep_until(to.into()).await;
-            let written =
-                written_by(&processes).zip(written_before).map(|(after, before)| after.saturating_sub(before));
+            let written = disk::device_written_bytes(&data)
+                .zip(written_before)
+                .map(|(after, before)| after.saturating_sub(before));
             (before.cores_since(), written)
         })
     };
@@ -476,11 +473,11 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
-/// `"the nodes wrote 1003.2 MiB/s to storage, 6.02 B per acknowledged B"`.
+/// `"the device wrote 1003.2 MiB/s, 6.02 B per acknowledged B"`.
 fn written_summary(run: &LoadRun) -> String {
     match (run.written, run.write_amplification()) {
         (Some(written), Some(amplification)) => format!(
-            "the nodes wrote {:.1} MiB/s to storage, {amplification:.2} B per acknowledged B",
+            "the device wrote {:.1} MiB/s, {amplification:.2} B per acknowledged B",
             mib_per_s(written, run.elapsed)
         ),
         _ => "?".to_string(),
@@ -546,6 +543,7 @@ async fn partition_leaders(cluster: &mut LocalCluster, partitions: u32) -> Resul
 
 async fn run_cluster(
     cluster: &mut LocalCluster,
+    data: &Path,
     nodes: u64,
     args: &Args,
     pool: &Arc<Vec<PooledBatch>>,
@@ -570,19 +568,19 @@ async fn run_cluster(
     let timed = Duration::from_secs_f64(args.seconds);
     let batches = Workload::Batches(pool.clone());
     let max =
-        load(&targets, &processes, batches.clone(), args.connections, args.in_flight, None, warmup, timed).await?;
+        load(&targets, &processes, data, batches.clone(), args.connections, args.in_flight, None, warmup, timed).await?;
     print_run("max", &max);
     ensure!(max.bytes > 0, "the max workload got no acknowledgement");
     let half_rate = max.bytes as f64 / max.elapsed.as_secs_f64() / 2.0;
     // Leadership may have moved in between (preferred-leader balancing): ask again each time.
     (_, targets) = partition_leaders(cluster, args.partitions).await?;
     let half =
-        load(&targets, &processes, batches, args.connections, args.in_flight, Some(half_rate), warmup, timed).await?;
+        load(&targets, &processes, data, batches, args.connections, args.in_flight, Some(half_rate), warmup, timed).await?;
     print_run("half", &half);
     let keyed_workload = Workload::Keyed { keys: args.keys, record_bytes: args.record_bytes };
     (_, targets) = partition_leaders(cluster, args.partitions).await?;
     let keyed =
-        load(&targets, &processes, keyed_workload, args.connections, args.in_flight, None, warmup, timed).await?;
+        load(&targets, &processes, data, keyed_workload, args.connections, args.in_flight, None, warmup, timed).await?;
     print_run("keyed", &keyed);
     Ok(ClusterRun { max, half, keyed })
 }
@@ -641,7 +639,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("{step}. {nodes} node(s), RF {nodes}: max, half-max paced, keyed single-record batches…");
         let dir = work.path().join(format!("rf{nodes}"));
         let mut cluster = LocalCluster::start(&binary, &dir, nodes)?;
-        let run = runtime.block_on(run_cluster(&mut cluster, nodes, &args, &pool))?;
+        let run = runtime.block_on(run_cluster(&mut cluster, &dir, nodes, &args, &pool))?;
         cluster.kill_all();
         drop(cluster);
         if !args.keep {

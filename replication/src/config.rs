@@ -59,6 +59,10 @@ pub struct ReplicationConfig {
     /// Size at which raft-engine starts a new file. Small in the deterministic simulation, so
     /// file rotation runs under its crashes too.
     pub raft_file_bytes: u64,
+    /// raft-engine purges the node's Raft log files only once they hold more than this, and
+    /// keeps up to 1.5 times as much in emptied files for reuse. Files are reused by
+    /// overwriting, which a synced write finishes sooner than one that grows a file.
+    pub raft_purge_threshold_bytes: u64,
     /// Randomise election timeouts (Raft's defence against split votes). Only the
     /// deterministic simulation turns this off, staggering `election_ticks` per node instead.
     pub randomized_elections: bool,
@@ -96,6 +100,7 @@ impl Default for ReplicationConfig {
             segment_bytes: 1 << 30,
             inbox_capacity: 8192,
             raft_file_bytes: 128 << 20,
+            raft_purge_threshold_bytes: 1 << 30,
             randomized_elections: true,
         }
     }

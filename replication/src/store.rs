@@ -44,8 +44,9 @@ const RAFT_MESSAGE_BYTES_MAX: u64 = 1 << 20;
 const RAFT_INFLIGHT_MESSAGES_MAX: usize = 256;
 /// Proposed-but-uncommitted bytes a leader accepts before it refuses proposals.
 const UNCOMMITTED_BYTES_MAX: u64 = 64 << 20;
-/// How often raft-engine files whose entries were all compacted are removed.
-const PURGE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often raft-engine is asked to purge (or keep for reuse) files whose entries were all
+/// trimmed; it does so only once its files hold more than the purge threshold.
+const PURGE_INTERVAL: Duration = Duration::from_secs(2);
 /// A snapshot not acknowledged within this time is reported failed, so the leader sends again.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -253,6 +254,7 @@ impl Store {
             // Batches are mostly already-compressed record batches: do not compress again.
             batch_compression_threshold: raft_engine::ReadableSize(0),
             target_file_size: raft_engine::ReadableSize(config.raft_file_bytes),
+            purge_threshold: raft_engine::ReadableSize(config.raft_purge_threshold_bytes.max(config.raft_file_bytes)),
             ..raft_engine::Config::default()
         };
         let engine = Arc::new(NodeEngine::open_with_file_system(engine_config, file_system).map_err(engine_error)?);
@@ -430,8 +432,9 @@ impl Store {
                 }
                 if self.last_purge.elapsed() >= PURGE_INTERVAL {
                     self.last_purge = Instant::now();
-                    if let Err(error) = self.engine.purge_expired_files() {
-                        warn!(%error, "purging compacted Raft log files failed");
+                    match self.engine.purge_expired_files() {
+                        Ok(pinning) => self.trim_pinning_logs(&pinning),
+                        Err(error) => warn!(%error, "purging compacted Raft log files failed"),
                     }
                 }
             }
@@ -1098,11 +1101,59 @@ impl Store {
     /// `metadata_log_compact_entries`, keeping the catalog as of that index as the image the
     /// node restarts from. Everything applied is durable by now: the loop's last synced write
     /// carried it.
+    /// Trims the Raft logs of the groups whose old entries keep raft-engine from purging its
+    /// oldest files (it names them once its files hold more than the purge threshold): a
+    /// partition's log is cut at its last recorded flush, dropping the tail kept for lagging
+    /// followers, which get a snapshot instead; the metadata log is cut at its applied index.
+    /// Left alone, raft-engine would copy those entries into new files after a few rounds.
+    fn trim_pinning_logs(&mut self, groups: &[u64]) {
+        let mut batch = LogBatch::default();
+        let mut trimmed = Vec::new();
+        for id in groups {
+            if *id == METADATA_GROUP.0 {
+                self.compact_metadata_over(1);
+                continue;
+            }
+            let Some(group) = self.groups.get_mut(id) else { continue };
+            let Kind::Partition(replica) = &group.kind else { continue };
+            if group.failed || replica.repair_to.is_some() {
+                continue;
+            }
+            let storage = group.raw.mut_store();
+            let Some(flushed) = storage.apply_state() else { continue };
+            if flushed.applied_index <= storage.truncated_index() + 1 {
+                continue;
+            }
+            match storage.compact(&mut batch, flushed.applied_index) {
+                Ok(()) => {
+                    replica.handle.raft_first_index.fetch_max(flushed.applied_index, Ordering::Release);
+                    trimmed.push(*id);
+                }
+                Err(error) => warn!(group = id, %error, "trimming the Raft log failed"),
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        match self.engine.write(&mut batch, true) {
+            Ok(_) => info!(groups = ?trimmed, "trimmed Raft logs that kept raft-engine from purging its oldest files"),
+            Err(error) => {
+                let error = engine_error(error);
+                record_storage_failure(&self.shared, || format!("the Raft log store failed: {error}"));
+            }
+        }
+    }
+
     fn compact_metadata(&mut self) {
+        self.compact_metadata_over(self.config.metadata_log_compact_entries);
+    }
+
+    /// Cuts the metadata log at its applied index once `entries` were applied since the last cut.
+    fn compact_metadata_over(&mut self, entries: u64) {
         let Some(group) = self.groups.get_mut(&METADATA_GROUP.0) else { return };
         let applied = group.applied;
         let storage = group.raw.mut_store();
-        if group.failed || applied < storage.truncated_index() + self.config.metadata_log_compact_entries {
+        if group.failed || applied < storage.truncated_index() + entries {
             return;
         }
         let image = {

@@ -42,6 +42,8 @@ pub struct RaftSettings {
     pub leader_balance_after_ms: u64,
     /// Size at which raft-engine starts a new file of the Raft log.
     pub log_file_bytes: u64,
+    /// The Raft log's files are purged (and reused) only once they hold more than this.
+    pub log_purge_threshold_bytes: u64,
 }
 
 impl Default for RaftSettings {
@@ -57,6 +59,7 @@ impl Default for RaftSettings {
             metadata_log_compact_entries: defaults.metadata_log_compact_entries,
             leader_balance_after_ms: defaults.leader_balance_after_ms,
             log_file_bytes: defaults.raft_file_bytes,
+            log_purge_threshold_bytes: defaults.raft_purge_threshold_bytes,
         }
     }
 }
@@ -290,9 +293,13 @@ impl NodeConfig {
             bail!("raft.metadata_log_compact_entries must be > 0");
         }
         if !(1 << 20..=10 << 30).contains(&self.raft.log_file_bytes) {
-            // Below, raft-engine keeps very many files open; above, it refuses to start (its
-            // purge threshold is 10 GiB).
+            // Below, raft-engine keeps very many files open; above, each file is a long
+            // stretch of log that can be reused only as a whole.
             bail!("raft.log_file_bytes must be between 1048576 (1 MiB) and 10737418240 (10 GiB)");
+        }
+        if !(self.raft.log_file_bytes..=1 << 40).contains(&self.raft.log_purge_threshold_bytes) {
+            // raft-engine refuses a threshold under its file size.
+            bail!("raft.log_purge_threshold_bytes must be at least raft.log_file_bytes and at most 1 TiB");
         }
         Ok(replication::ReplicationConfig {
             node_id: self.node_id,
@@ -309,6 +316,7 @@ impl NodeConfig {
             metadata_log_compact_entries: self.raft.metadata_log_compact_entries,
             leader_balance_after_ms: self.raft.leader_balance_after_ms,
             raft_file_bytes: self.raft.log_file_bytes,
+            raft_purge_threshold_bytes: self.raft.log_purge_threshold_bytes,
             batch_bytes_max: self.batch_bytes_max,
             ..replication::ReplicationConfig::default()
         })
@@ -335,5 +343,11 @@ mod tests {
         assert!(config.replication().is_err());
         let config = NodeConfig { grpc_listen: "nonsense".into(), ..NodeConfig::default() };
         assert!(config.replication().is_err());
+        // raft-engine refuses to open with a purge threshold under its file size.
+        let config: NodeConfig =
+            toml::from_str("[raft]\nlog_file_bytes = 4194304\nlog_purge_threshold_bytes = 1048576\n").unwrap();
+        assert!(config.replication().unwrap_err().to_string().contains("log_purge_threshold_bytes"));
+        let config: NodeConfig = toml::from_str("[raft]\nlog_purge_threshold_bytes = 268435456\n").unwrap();
+        assert_eq!(config.replication().unwrap().raft_purge_threshold_bytes, 256 << 20);
     }
 }

@@ -10,6 +10,7 @@ mod kafka_versions;
 mod kafka_wire;
 mod membership;
 mod quorum;
+mod raft_log_purge;
 mod rebalance;
 mod repair;
 mod storage_failure;
