@@ -47,6 +47,55 @@ const UNCOMMITTED_BYTES_MAX: u64 = 64 << 20;
 /// How often raft-engine is asked to purge (or keep for reuse) files whose entries were all
 /// trimmed; it does so only once its files hold more than the purge threshold.
 const PURGE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The thread that asks raft-engine to purge, off the store loop: a purge past the threshold
+/// deletes files and copies small groups forward with synced writes, which stalled the loop
+/// (and every produce) for 150–200 ms when it ran there. raft-engine takes purges concurrent
+/// with writes (TiKV purges from a background worker too). The groups raft-engine names go to
+/// the loop, which owns their storage. Dropping the purger stops and joins the thread.
+struct Purger {
+    stop: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Purger {
+    fn start(engine: Arc<NodeEngine>, shared: Arc<Shared>) -> Purger {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let thread = std::thread::Builder::new()
+            .name("raft-purge".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(PURGE_INTERVAL) {
+                    let purged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.purge_expired_files()));
+                    match purged {
+                        Ok(Ok(pinning)) if !pinning.is_empty() => {
+                            // A full inbox skips a round: raft-engine names them again.
+                            let _ = shared.inbox.try_send(StoreMsg::TrimPinning(pinning));
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => warn!(%error, "purging trimmed Raft log files failed"),
+                        Err(panic) => {
+                            // raft-engine panics when a synced write fails: the store loop stops.
+                            let reason = panic_reason(&*panic).to_string();
+                            record_storage_failure(&shared, || format!("raft-engine's purge panicked: {reason}"));
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|error| error!(%error, "cannot start the Raft log purge thread; files are not purged"))
+            .ok();
+        Purger { stop: Some(stop), thread }
+    }
+}
+
+impl Drop for Purger {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 /// A snapshot not acknowledged within this time is reported failed, so the leader sends again.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -107,6 +156,9 @@ pub(crate) enum StoreMsg {
         group: u64,
         removed: bool,
     },
+    /// raft-engine's purge (see [`Purger`]) named these groups: their old entries keep it from
+    /// purging its oldest files.
+    TrimPinning(Vec<u64>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -197,12 +249,7 @@ pub fn start(config: ReplicationConfig) -> Result<(Cluster, RaftService)> {
             // raft-engine panics when an fsync fails ("in case of data loss"): the node must stop
             // then, not go on answering as if it still replicated.
             if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || store.run())) {
-                let reason = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown panic");
-                fail(&loop_shared, format!("the store loop panicked: {reason}"));
+                fail(&loop_shared, format!("the store loop panicked: {}", panic_reason(&*panic)));
             }
         })
         .map_err(|e| Error::Engine(format!("cannot start the store loop: {e}")))?;
@@ -224,7 +271,6 @@ pub(crate) struct Store {
     installing: HashSet<u64>,
     /// Snapshots sent as leader: (group, follower) → when.
     snapshots_sent: HashMap<(u64, u64), Instant>,
-    last_purge: Instant,
     last_reconcile: Instant,
     /// Replicas moved away whose removal is being confirmed by the other replicas, with when
     /// the last check began; a check in flight has no answer yet.
@@ -291,7 +337,6 @@ impl Store {
             runtime,
             installing: HashSet::new(),
             snapshots_sent: HashMap::new(),
-            last_purge: Instant::now(),
             last_reconcile: Instant::now(),
             removal_checks: HashMap::new(),
         };
@@ -403,6 +448,8 @@ impl Store {
 
     fn run(mut self) {
         info!(node = self.config.node_id, "store loop started");
+        // Stopped and joined when the loop ends, whichever way.
+        let _purger = Purger::start(self.engine.clone(), self.shared.clone());
         let tick = Duration::from_millis(self.config.tick_ms);
         let mut next_tick = Instant::now() + tick;
         loop {
@@ -429,13 +476,6 @@ impl Store {
                     self.reconcile();
                     self.collect_replicas();
                     self.compact_metadata();
-                }
-                if self.last_purge.elapsed() >= PURGE_INTERVAL {
-                    self.last_purge = Instant::now();
-                    match self.engine.purge_expired_files() {
-                        Ok(pinning) => self.trim_pinning_logs(&pinning),
-                        Err(error) => warn!(%error, "purging compacted Raft log files failed"),
-                    }
                 }
             }
             if let Err(error) = self.process_readies() {
@@ -557,6 +597,7 @@ impl Store {
                 self.installing.remove(&group);
             }
             StoreMsg::Repaired { group: id } => self.finish_repair(id),
+            StoreMsg::TrimPinning(groups) => self.trim_pinning_logs(&groups),
             StoreMsg::RemovalChecked { group, removed } => {
                 if let Some((_, in_flight)) = self.removal_checks.get_mut(&group) {
                     *in_flight = false;
@@ -1572,6 +1613,15 @@ fn fail(shared: &Shared, reason: String) {
 }
 
 /// Sends a message to the store loop without blocking: a full inbox is backpressure.
+/// The message a caught panic carried.
+fn panic_reason(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic")
+}
+
 pub(crate) fn try_send(inbox: &Sender<StoreMsg>, message: StoreMsg) -> Result<()> {
     inbox.try_send(message).map_err(|error| match error {
         crossbeam_channel::TrySendError::Full(_) => Error::Overloaded,

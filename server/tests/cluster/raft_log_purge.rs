@@ -48,10 +48,10 @@ async fn the_raft_log_stays_near_its_purge_threshold_and_keeps_every_acknowledge
     let trimmed = (1..=3).filter(|id| cluster.node_log(*id).contains("trimmed Raft logs that kept raft-engine")).count();
     assert!(trimmed > 0, "no node trimmed a Raft log at raft-engine's request");
 
-    // Every node restarts from its trimmed log with every acknowledged record at its offset,
-    // and the cluster takes writes again.
+    // Killed (-9) and restarted, every node recovers from its trimmed log and its reused
+    // files with every acknowledged record at its offset, and the cluster takes writes again.
     for id in 1..=3 {
-        cluster.stop(id);
+        cluster.kill(id);
     }
     for id in 1..=3 {
         cluster.restart(id);
