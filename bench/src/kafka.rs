@@ -567,15 +567,16 @@ async fn run_cluster(
     let warmup = Duration::from_secs_f64(args.warmup_seconds);
     let timed = Duration::from_secs_f64(args.seconds);
     let batches = Workload::Batches(pool.clone());
-    let max =
-        load(&targets, &processes, data, batches.clone(), args.connections, args.in_flight, None, warmup, timed).await?;
+    let max = load(&targets, &processes, data, batches.clone(), args.connections, args.in_flight, None, warmup, timed)
+        .await?;
     print_run("max", &max);
     ensure!(max.bytes > 0, "the max workload got no acknowledgement");
     let half_rate = max.bytes as f64 / max.elapsed.as_secs_f64() / 2.0;
     // Leadership may have moved in between (preferred-leader balancing): ask again each time.
     (_, targets) = partition_leaders(cluster, args.partitions).await?;
     let half =
-        load(&targets, &processes, data, batches, args.connections, args.in_flight, Some(half_rate), warmup, timed).await?;
+        load(&targets, &processes, data, batches, args.connections, args.in_flight, Some(half_rate), warmup, timed)
+            .await?;
     print_run("half", &half);
     let keyed_workload = Workload::Keyed { keys: args.keys, record_bytes: args.record_bytes };
     (_, targets) = partition_leaders(cluster, args.partitions).await?;

@@ -65,7 +65,8 @@ impl Purger {
             .name("raft-purge".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(PURGE_INTERVAL) {
-                    let purged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.purge_expired_files()));
+                    let purged =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.purge_expired_files()));
                     match purged {
                         Ok(Ok(pinning)) if !pinning.is_empty() => {
                             // A full inbox skips a round: raft-engine names them again.

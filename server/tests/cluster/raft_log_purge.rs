@@ -45,7 +45,8 @@ async fn the_raft_log_stays_near_its_purge_threshold_and_keeps_every_acknowledge
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let trimmed = (1..=3).filter(|id| cluster.node_log(*id).contains("trimmed Raft logs that kept raft-engine")).count();
+    let trimmed =
+        (1..=3).filter(|id| cluster.node_log(*id).contains("trimmed Raft logs that kept raft-engine")).count();
     assert!(trimmed > 0, "no node trimmed a Raft log at raft-engine's request");
 
     // Killed (-9) and restarted, every node recovers from its trimmed log and its reused
@@ -73,6 +74,8 @@ async fn the_raft_log_stays_near_its_purge_threshold_and_keeps_every_acknowledge
 /// Bytes of the regular files in a directory.
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .map(|entries| {
+            entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+        })
         .unwrap_or(0)
 }
