@@ -12,8 +12,9 @@
 //!   a VM, whichever run first touches fresh guest memory is slowed down, and the disk is shared,
 //!   so a single measurement could flatter the log.
 //!
-//! Also [`filesystem_of`], to name the filesystem and device a path lives on, and
-//! [`device_written_bytes`], what the block device under a path has written so far.
+//! Also [`filesystem_of`], to name the filesystem and device a path lives on,
+//! [`device_written_bytes`], what the block device under a path has written so far, and
+//! [`wait_until_idle`], for the storage to finish what came before a measurement.
 
 use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
 use std::fs::{File, OpenOptions};
@@ -303,6 +304,29 @@ pub fn device_written_bytes(path: &Path) -> Option<u64> {
     Some(sectors * 512)
 }
 
+/// Waits, at most `max`, until the machine's storage is idle: less than 2 % of the last 10 s
+/// spent with some task waiting for I/O (`/proc/pressure/io`). Deleting a finished run's
+/// gigabytes on a filesystem mounted with `discard` keeps the disk busy for tens of seconds,
+/// which would slow whatever is measured next. Returns how long it waited; at once without
+/// pressure accounting.
+pub fn wait_until_idle(max: Duration) -> Duration {
+    let began = Instant::now();
+    while began.elapsed() < max {
+        let busy = std::fs::read_to_string("/proc/pressure/io").ok().and_then(|text| some_avg10(&text));
+        match busy {
+            Some(percent) if percent >= 2.0 => std::thread::sleep(Duration::from_millis(500)),
+            _ => break,
+        }
+    }
+    began.elapsed()
+}
+
+/// The `some avg10=` figure of a pressure file (`some avg10=1.23 avg60=… total=…`).
+fn some_avg10(pressure: &str) -> Option<f64> {
+    let line = pressure.lines().find(|line| line.starts_with("some "))?;
+    line.split_whitespace().find_map(|field| field.strip_prefix("avg10="))?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +343,13 @@ mod tests {
         let mib_s = measure_buffered_fsync(&dir.path().join("f"), pattern).unwrap();
         assert!(mib_s > 0.0);
         assert!(!dir.path().join("f").exists());
+    }
+
+    #[test]
+    fn io_pressure_is_read_from_the_some_line() {
+        let text = "some avg10=44.79 avg60=30.96 avg300=18.17 total=5770505863\nfull avg10=40.91 avg60=25.57 avg300=14.37 total=2910188813\n";
+        assert_eq!(some_avg10(text), Some(44.79));
+        assert_eq!(some_avg10("full avg10=1.00 avg60=0 avg300=0 total=0\n"), None);
     }
 
     #[test]

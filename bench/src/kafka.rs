@@ -28,6 +28,8 @@
 //!    limit over the bytes written per acknowledged byte) and the CPU's; then one JSON line.
 //!
 //! The load generator and every node share this machine's cores; the report says how many.
+//! Before the first disk measurement and after each cluster's data is deleted, the bench waits
+//! (at most 90 s) until the storage is idle ([`disk::wait_until_idle`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -142,6 +144,14 @@ impl LoadRun {
     /// The throughput at which this run's writes would fill a disk that sustains `disk_mib_s`.
     fn disk_ceiling(&self, disk_mib_s: f64) -> Option<f64> {
         self.write_amplification().filter(|a| *a > 0.0).map(|a| disk_mib_s / a)
+    }
+}
+
+/// Lets the disk finish earlier work (a previous run's deletions) before a measurement.
+fn wait_for_idle_disk() {
+    let waited = disk::wait_until_idle(Duration::from_secs(90));
+    if waited >= Duration::from_secs(1) {
+        println!("   (waited {:.0} s for the disk to go idle)", waited.as_secs_f64());
     }
 }
 
@@ -626,6 +636,7 @@ pub fn run(args: Args) -> Result<()> {
         write_bytes: batch_len,
         fsync_every: DISK_FSYNC_EVERY,
     };
+    wait_for_idle_disk();
     let mut limit = disk::measure(work.path(), pattern)?;
     println!(
         "   buffered + fdatasync: {:.1} MiB/s; O_DIRECT: {}",
@@ -645,6 +656,7 @@ pub fn run(args: Args) -> Result<()> {
         drop(cluster);
         if !args.keep {
             let _ = std::fs::remove_dir_all(&dir);
+            wait_for_idle_disk();
         }
         runs.push((nodes, run));
     }
