@@ -348,7 +348,7 @@ impl GroupStorage {
     }
 
     fn entry_term(&self, index: u64) -> raft::Result<Option<u64>> {
-        let entry = self.engine.get_entry::<EntryExt>(self.group, index).map_err(raft_error)?;
+        let entry = read_racing_purge(|| self.engine.get_entry::<EntryExt>(self.group, index)).map_err(raft_error)?;
         Ok(entry.map(|entry| entry.term))
     }
 }
@@ -372,9 +372,12 @@ impl Storage for GroupStorage {
         if let Some(entries) = self.cached_entries(low, high, max_size) {
             return Ok(entries);
         }
-        let mut entries = Vec::with_capacity((high - low) as usize);
-        self.engine.fetch_entries_to::<EntryExt>(self.group, low, high, max_size, &mut entries).map_err(raft_error)?;
-        Ok(entries)
+        read_racing_purge(|| {
+            let mut entries = Vec::with_capacity((high - low) as usize);
+            self.engine.fetch_entries_to::<EntryExt>(self.group, low, high, max_size, &mut entries)?;
+            Ok(entries)
+        })
+        .map_err(raft_error)
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
@@ -439,6 +442,17 @@ impl Storage for GroupStorage {
 }
 
 /// An entry's size as raft-rs and raft-engine count it (encoded).
+/// Runs a raft-engine read again if it found its file gone: raft-engine looks an entry's place
+/// up and then reads the file without holding its index lock, and the purge thread may copy a
+/// small group's old entries to a new file and purge the old one in between. The second
+/// lookup finds the new place. Anything else, or a second failure, is reported.
+fn read_racing_purge<T>(read: impl Fn() -> raft_engine::Result<T>) -> raft_engine::Result<T> {
+    match read() {
+        Err(raft_engine::Error::Corruption(_)) => read(),
+        other => other,
+    }
+}
+
 fn entry_bytes(entry: &Entry) -> usize {
     entry.compute_size() as usize
 }

@@ -61,6 +61,7 @@ struct Purger {
 impl Purger {
     fn start(engine: Arc<NodeEngine>, shared: Arc<Shared>) -> Purger {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let shared_for_error = shared.clone();
         let thread = std::thread::Builder::new()
             .name("raft-purge".into())
             .spawn(move || {
@@ -83,7 +84,10 @@ impl Purger {
                     }
                 }
             })
-            .map_err(|error| error!(%error, "cannot start the Raft log purge thread; files are not purged"))
+            .map_err(|error| {
+                // Without it the Raft log would grow without bound: stop, as on a storage failure.
+                record_storage_failure(&shared_for_error, || format!("cannot start the Raft log purge thread: {error}"))
+            })
             .ok();
         Purger { stop: Some(stop), thread }
     }
@@ -449,8 +453,9 @@ impl Store {
 
     fn run(mut self) {
         info!(node = self.config.node_id, "store loop started");
-        // Stopped and joined when the loop ends, whichever way.
-        let _purger = Purger::start(self.engine.clone(), self.shared.clone());
+        // Stopped and joined when the loop ends, whichever way (before the final write when
+        // it shuts down).
+        let mut purger = Some(Purger::start(self.engine.clone(), self.shared.clone()));
         let tick = Duration::from_millis(self.config.tick_ms);
         let mut next_tick = Instant::now() + tick;
         loop {
@@ -490,7 +495,10 @@ impl Store {
                 return;
             }
             if let Some(done) = shutdown {
+                drop(purger.take());
                 self.shutdown();
+                // The engine (its files and lock) is released before the caller hears of it.
+                drop(self);
                 let _ = done.send(());
                 return;
             }
@@ -1139,15 +1147,12 @@ impl Store {
         }
     }
 
-    /// Cuts the metadata group's Raft log at its applied index once it has grown by
-    /// `metadata_log_compact_entries`, keeping the catalog as of that index as the image the
-    /// node restarts from. Everything applied is durable by now: the loop's last synced write
-    /// carried it.
     /// Trims the Raft logs of the groups whose old entries keep raft-engine from purging its
     /// oldest files (it names them once its files hold more than the purge threshold): a
     /// partition's log is cut at its last recorded flush, dropping the tail kept for lagging
-    /// followers, which get a snapshot instead; the metadata log is cut at its applied index.
-    /// Left alone, raft-engine would copy those entries into new files after a few rounds.
+    /// followers, except what a follower that is in touch still lacks (a leader's view; one out
+    /// of touch gets a snapshot); the metadata log is cut at its applied index. Left alone,
+    /// raft-engine would copy those entries into new files after a few rounds.
     fn trim_pinning_logs(&mut self, groups: &[u64]) {
         let mut batch = LogBatch::default();
         let mut trimmed = Vec::new();
@@ -1161,14 +1166,25 @@ impl Store {
             if group.failed || replica.repair_to.is_some() {
                 continue;
             }
+            let Some(flushed) = group.raw.store().apply_state() else { continue };
+            let mut keep_from = flushed.applied_index;
+            if group.raw.raft.state == StateRole::Leader {
+                // A follower in touch (check_quorum keeps `recent_active` current) that lacks
+                // entries gets them from the log, not as a snapshot of the whole partition.
+                let me = self.shared.node_id.0;
+                for (id, progress) in group.raw.raft.prs().iter() {
+                    if *id != me && progress.recent_active {
+                        keep_from = keep_from.min(progress.matched + 1);
+                    }
+                }
+            }
             let storage = group.raw.mut_store();
-            let Some(flushed) = storage.apply_state() else { continue };
-            if flushed.applied_index <= storage.truncated_index() + 1 {
+            if keep_from <= storage.truncated_index() + 1 {
                 continue;
             }
-            match storage.compact(&mut batch, flushed.applied_index) {
+            match storage.compact(&mut batch, keep_from) {
                 Ok(()) => {
-                    replica.handle.raft_first_index.fetch_max(flushed.applied_index, Ordering::Release);
+                    replica.handle.raft_first_index.fetch_max(keep_from, Ordering::Release);
                     trimmed.push(*id);
                 }
                 Err(error) => warn!(group = id, %error, "trimming the Raft log failed"),
@@ -1186,6 +1202,10 @@ impl Store {
         }
     }
 
+    /// Cuts the metadata group's Raft log at its applied index once it has grown by
+    /// `metadata_log_compact_entries`, keeping the catalog as of that index as the image the
+    /// node restarts from. Everything applied is durable by now: the loop's last synced write
+    /// carried it.
     fn compact_metadata(&mut self) {
         self.compact_metadata_over(self.config.metadata_log_compact_entries);
     }
@@ -1613,7 +1633,6 @@ fn fail(shared: &Shared, reason: String) {
     error!(%reason, "this node's storage failed; stopping its store loop");
 }
 
-/// Sends a message to the store loop without blocking: a full inbox is backpressure.
 /// The message a caught panic carried.
 fn panic_reason(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
@@ -1623,6 +1642,7 @@ fn panic_reason(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("unknown panic")
 }
 
+/// Sends a message to the store loop without blocking: a full inbox is backpressure.
 pub(crate) fn try_send(inbox: &Sender<StoreMsg>, message: StoreMsg) -> Result<()> {
     inbox.try_send(message).map_err(|error| match error {
         crossbeam_channel::TrySendError::Full(_) => Error::Overloaded,
