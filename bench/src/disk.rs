@@ -321,6 +321,15 @@ pub fn wait_until_idle(max: Duration) -> Duration {
     began.elapsed()
 }
 
+/// [`wait_until_idle`] for at most 90 s, saying so when it waited: before a measurement, so
+/// that earlier work (a previous run's deletions) does not slow it.
+pub fn wait_for_idle_storage() {
+    let waited = wait_until_idle(Duration::from_secs(90));
+    if waited >= Duration::from_secs(1) {
+        println!("   (waited {:.0} s for the disk to go idle)", waited.as_secs_f64());
+    }
+}
+
 /// The `some avg10=` figure of a pressure file (`some avg10=1.23 avg60=… total=…`).
 fn some_avg10(pressure: &str) -> Option<f64> {
     let line = pressure.lines().find(|line| line.starts_with("some "))?;

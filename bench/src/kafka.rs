@@ -147,14 +147,6 @@ impl LoadRun {
     }
 }
 
-/// Lets the disk finish earlier work (a previous run's deletions) before a measurement.
-fn wait_for_idle_disk() {
-    let waited = disk::wait_until_idle(Duration::from_secs(90));
-    if waited >= Duration::from_secs(1) {
-        println!("   (waited {:.0} s for the disk to go idle)", waited.as_secs_f64());
-    }
-}
-
 /// What each produce request carries.
 #[derive(Clone)]
 enum Workload {
@@ -636,7 +628,7 @@ pub fn run(args: Args) -> Result<()> {
         write_bytes: batch_len,
         fsync_every: DISK_FSYNC_EVERY,
     };
-    wait_for_idle_disk();
+    disk::wait_for_idle_storage();
     let mut limit = disk::measure(work.path(), pattern)?;
     println!(
         "   buffered + fdatasync: {:.1} MiB/s; O_DIRECT: {}",
@@ -656,7 +648,7 @@ pub fn run(args: Args) -> Result<()> {
         drop(cluster);
         if !args.keep {
             let _ = std::fs::remove_dir_all(&dir);
-            wait_for_idle_disk();
+            disk::wait_for_idle_storage();
         }
         runs.push((nodes, run));
     }

@@ -99,6 +99,7 @@ pub fn run(args: Args) -> Result<()> {
         write_bytes: batch_len,
         fsync_every: args.flush_bytes,
     };
+    disk::wait_for_idle_storage();
     let mut limit = disk::measure(work.path(), pattern)?;
     for note in &limit.notes {
         println!("   note: {note}");
@@ -188,6 +189,7 @@ pub fn run(args: Args) -> Result<()> {
     log.close().context("closing the log")?;
     // Free the log's page cache first, so this run reuses memory as the append did.
     std::fs::remove_dir_all(&log_dir).with_context(|| format!("removing {}", log_dir.display()))?;
+    disk::wait_for_idle_storage();
 
     println!();
     let again = limit.measure_buffered_again(work.path(), pattern)?;
