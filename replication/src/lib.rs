@@ -17,6 +17,7 @@
 //! * `partition` — a partition replica: its log, apply, durable apply state.
 //! * `producers` — idempotent-producer state of a partition (deduplication at apply).
 //! * `store` — the store loop that drives every group.
+//! * `purger` — the thread that has raft-engine purge its files, off the store loop.
 //! * `transport` — node-to-node gRPC streams, bounded and reconnecting.
 //! * `cluster` — the handle the rest of the node uses.
 //! * `simulation` (tests) — several nodes' store loops over a faulty simulated network.
@@ -30,6 +31,7 @@ mod error;
 mod ids;
 mod partition;
 mod producers;
+mod purger;
 mod raft_storage;
 #[cfg(test)]
 mod simulation;

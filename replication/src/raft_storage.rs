@@ -441,7 +441,6 @@ impl Storage for GroupStorage {
     }
 }
 
-/// An entry's size as raft-rs and raft-engine count it (encoded).
 /// Runs a raft-engine read again if it found its file gone: raft-engine looks an entry's place
 /// up and then reads the file without holding its index lock, and the purge thread may copy a
 /// small group's old entries to a new file and purge the old one in between. The second
@@ -453,6 +452,7 @@ fn read_racing_purge<T>(read: impl Fn() -> raft_engine::Result<T>) -> raft_engin
     }
 }
 
+/// An entry's size as raft-rs and raft-engine count it (encoded).
 fn entry_bytes(entry: &Entry) -> usize {
     entry.compute_size() as usize
 }

@@ -33,6 +33,7 @@ use crate::config::ReplicationConfig;
 use crate::error::{Error, Result};
 use crate::ids::{GroupId, NodeId, METADATA_GROUP};
 use crate::partition::PartitionReplica;
+use crate::purger::Purger;
 use crate::raft_storage::{engine_error, members, GroupStorage, SnapshotData};
 use crate::transport::{Outbox, RaftService, Transport};
 
@@ -44,63 +45,6 @@ const RAFT_MESSAGE_BYTES_MAX: u64 = 1 << 20;
 const RAFT_INFLIGHT_MESSAGES_MAX: usize = 256;
 /// Proposed-but-uncommitted bytes a leader accepts before it refuses proposals.
 const UNCOMMITTED_BYTES_MAX: u64 = 64 << 20;
-/// How often raft-engine is asked to purge (or keep for reuse) files whose entries were all
-/// trimmed; it does so only once its files hold more than the purge threshold.
-const PURGE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// The thread that asks raft-engine to purge, off the store loop: a purge past the threshold
-/// deletes files and copies small groups forward with synced writes, which stalled the loop
-/// (and every produce) for 150–200 ms when it ran there. raft-engine takes purges concurrent
-/// with writes (TiKV purges from a background worker too). The groups raft-engine names go to
-/// the loop, which owns their storage. Dropping the purger stops and joins the thread.
-struct Purger {
-    stop: Option<crossbeam_channel::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Purger {
-    fn start(engine: Arc<NodeEngine>, shared: Arc<Shared>) -> Purger {
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        let shared_for_error = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("raft-purge".into())
-            .spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(PURGE_INTERVAL) {
-                    let purged =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.purge_expired_files()));
-                    match purged {
-                        Ok(Ok(pinning)) if !pinning.is_empty() => {
-                            // A full inbox skips a round: raft-engine names them again.
-                            let _ = shared.inbox.try_send(StoreMsg::TrimPinning(pinning));
-                        }
-                        Ok(Ok(_)) => {}
-                        Ok(Err(error)) => warn!(%error, "purging trimmed Raft log files failed"),
-                        Err(panic) => {
-                            // raft-engine panics when a synced write fails: the store loop stops.
-                            let reason = panic_reason(&*panic).to_string();
-                            record_storage_failure(&shared, || format!("raft-engine's purge panicked: {reason}"));
-                            return;
-                        }
-                    }
-                }
-            })
-            .map_err(|error| {
-                // Without it the Raft log would grow without bound: stop, as on a storage failure.
-                record_storage_failure(&shared_for_error, || format!("cannot start the Raft log purge thread: {error}"))
-            })
-            .ok();
-        Purger { stop: Some(stop), thread }
-    }
-}
-
-impl Drop for Purger {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 /// A snapshot not acknowledged within this time is reported failed, so the leader sends again.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -161,7 +105,7 @@ pub(crate) enum StoreMsg {
         group: u64,
         removed: bool,
     },
-    /// raft-engine's purge (see [`Purger`]) named these groups: their old entries keep it from
+    /// raft-engine's purge (see [`Purger`](crate::purger::Purger)) named these groups: their old entries keep it from
     /// purging its oldest files.
     TrimPinning(Vec<u64>),
     Shutdown(oneshot::Sender<()>),
@@ -1620,7 +1564,7 @@ fn storage_failure(shared: &Shared, group: u64, doing: &str, error: &Error) {
 }
 
 /// Keeps the first storage failure of the loop's iteration; the loop stops on it (`fail`).
-fn record_storage_failure(shared: &Shared, reason: impl FnOnce() -> String) {
+pub(crate) fn record_storage_failure(shared: &Shared, reason: impl FnOnce() -> String) {
     shared.storage_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(reason);
 }
 
@@ -1634,7 +1578,7 @@ fn fail(shared: &Shared, reason: String) {
 }
 
 /// The message a caught panic carried.
-fn panic_reason(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_reason(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<String>()
         .map(String::as_str)
